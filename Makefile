@@ -1,0 +1,19 @@
+# The two commands the README promises: `make demo` (the main job) and `make test`. Both set up what is missing.
+VENV ?= .venv
+export XOPD_HOME ?= $(CURDIR)/.xopd-home
+export VLLM_CPU_OMP_THREADS_BIND ?= 0-1
+export VLLM_CPU_NUM_OF_RESERVED_CPU ?= 0
+export VLLM_CPU_KVCACHE_SPACE ?= 1
+
+.PHONY: setup demo test test-fast
+setup:
+	@VENV=$(VENV) bash scripts/setup.sh
+
+demo: setup
+	$(VENV)/bin/xopd-eval smoke --output artifacts/demo
+
+test: setup
+	HF_HUB_OFFLINE=1 $(VENV)/bin/python -m pytest -q
+
+test-fast: setup
+	HF_HUB_OFFLINE=1 $(VENV)/bin/python -m pytest -q -m "not slow"

@@ -1,0 +1,1 @@
+"""Per-token teacher–student divergence along rollouts: tables, aggregates and figures."""

