@@ -1,10 +1,207 @@
-"""``xopd-eval``: evaluation commands. Today: the offline model zoo and its smoke job."""
+"""``xopd-eval``: the modality gap, forgetting, CI gates, spoken test sets, and the offline model zoo.
+
+    xopd-eval gap                      # the embedded default: the zoo cascade on the default task mix
+    xopd-eval gap --model Qwen/Qwen2-Audio-7B-Instruct --teacher Qwen/Qwen2-7B-Instruct --backend vllm
+    xopd-eval forgetting --base B --model M
+    xopd-eval gate --report new/report.json --baseline old/report.json --max-drop 0.02
+    xopd-eval synth --tasks navigate --variants clean,noisy-10db --output speech-set/
+"""
 
 from __future__ import annotations
 
 import argparse
 import sys
+import time
+from dataclasses import replace
 from pathlib import Path
+
+DEFAULT_MODEL = "cascade:"
+DEFAULT_TASKS = "arithmetic,object_counting,navigate,sports_understanding"
+DEFAULT_LIMIT = 20
+DEFAULT_VARIANTS = "clean"
+
+
+def _log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def _progress_bar(desc: str, total: int):
+    """A tqdm bar over all requests of a run (cached ones and input failures count as done at once)."""
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit="req", file=sys.stderr, dynamic_ncols=True)
+
+
+def _load_tasks(args):
+    from evalsuite.tasks import load_task
+
+    names = [t.strip() for t in args.tasks.split(",") if t.strip()]
+    return [load_task(n, split="test", limit=args.limit, seed=args.seed) for n in names]
+
+
+def _backend_kwargs(args) -> dict:
+    kw: dict = {"trust_remote_code": args.trust_remote_code}
+    if args.backend == "hf":
+        kw["batch_size"] = args.batch_size
+    else:
+        kw.update(tensor_parallel_size=args.tensor_parallel_size, data_parallel_size=args.data_parallel_size)
+        if args.max_model_len:
+            kw["max_model_len"] = args.max_model_len
+    return kw
+
+
+def _run_model(model: str, args, tasks, modes, variants, cache_path: Path, desc: str):
+    from evalsuite.backends import make_backend
+    from evalsuite.cache import GenerationCache
+    from evalsuite.run import SPEECH, TEXT, evaluate
+    from evalsuite.types import GenParams
+
+    params = GenParams(max_new_tokens=args.max_new_tokens, temperature=args.temperature, seed=args.seed)
+    backend = make_backend(args.backend, model, **_backend_kwargs(args))
+    n_requests = sum((TEXT in modes) + (SPEECH in modes) * (1 if item.audio else len(variants))
+                     for t in tasks for item in t.items)
+    bar = _progress_bar(desc, n_requests)
+    try:
+        samples = evaluate(backend, tasks, modes=modes, variants=variants, params=params,
+                           cache=GenerationCache(cache_path), progress=bar.update)
+    finally:
+        bar.close()
+    return backend, samples, params
+
+
+def _config(args, model: str, params, backend) -> dict:
+    from dataclasses import asdict
+
+    return {
+        "model": model,
+        "model_fingerprint": backend.fingerprint(),
+        "backend": args.backend,
+        "batch_size": args.batch_size if args.backend == "hf" else None,
+        "gen_params": asdict(params),
+        "tasks": args.tasks.split(","),
+        "limit": args.limit,
+        "variants": args.variants.split(","),
+        "seed": args.seed,
+        "confidence": args.confidence,
+        "n_boot": args.n_boot,
+    }
+
+
+def _cmd_gap(args: argparse.Namespace) -> int:
+    from evalsuite.reports import REPORT_VERSION, environment, write_json, write_jsonl
+    from evalsuite.reports.gap import format_gap_markdown, gap_report
+    from evalsuite.reports.plot import gap_chart
+    from evalsuite.run import SPEECH, TEXT
+    from evalsuite.speech import parse_variants
+
+    t0 = time.perf_counter()
+    out = Path(args.output)
+    out.mkdir(parents=True, exist_ok=True)
+    model = args.model or DEFAULT_MODEL
+    if not args.model:
+        _log(f"no --model: running the embedded default ({model} on {args.tasks}, {args.limit} items each)")
+    tasks = _load_tasks(args)
+    variants = parse_variants(args.variants)
+    cache = Path(args.cache) if args.cache else out / "cache.jsonl"
+    backend, samples, params = _run_model(model, args, tasks, (TEXT, SPEECH), variants, cache, "student")
+    teacher_samples = None
+    if args.teacher:
+        _, teacher_samples, _ = _run_model(args.teacher, args, tasks, (TEXT,), (), cache, "teacher")
+    report = gap_report(samples, teacher_samples=teacher_samples, confidence=args.confidence, n_boot=args.n_boot,
+                        seed=args.seed)
+    report.update(version=REPORT_VERSION, config=_config(args, model, params, backend) | {"teacher": args.teacher},
+                  environment=environment(), wall_time_s=round(time.perf_counter() - t0, 1))
+    rows = [s.as_dict() | {"model": model} for s in samples]
+    rows += [s.as_dict() | {"model": args.teacher} for s in teacher_samples or []]
+    write_jsonl(out / "samples.jsonl", rows)
+    write_json(out / "report.json", report)
+    gap_chart(report, out / "gap.png")
+    print(format_gap_markdown(report))
+    print(f"\nwall time {report['wall_time_s']} s; report {out / 'report.json'}, samples {out / 'samples.jsonl'}, "
+          f"chart {out / 'gap.png'}")
+    return 0
+
+
+def _cmd_forgetting(args: argparse.Namespace) -> int:
+    from evalsuite.reports import REPORT_VERSION, environment, write_json, write_jsonl
+    from evalsuite.reports.forgetting import (
+        TRANSCRIBE_INSTRUCTION,
+        format_forgetting_markdown,
+        forgetting_report,
+        paired_wer_delta,
+        word_errors,
+    )
+    from evalsuite.run import SPEECH, TEXT
+    from evalsuite.speech import parse_variants
+
+    t0 = time.perf_counter()
+    out = Path(args.output)
+    out.mkdir(parents=True, exist_ok=True)
+    tasks = _load_tasks(args)
+    variants = parse_variants(args.variants)
+    cache = Path(args.cache) if args.cache else out / "cache.jsonl"
+    results = {}
+    for role, model in (("base", args.base), ("model", args.model)):
+        backend, samples, params = _run_model(model, args, tasks, (TEXT, SPEECH), variants, cache, role)
+        asr_tasks = [replace(t, spec=replace(t.spec, instruction=TRANSCRIBE_INSTRUCTION)) for t in tasks]
+        _, asr_samples, _ = _run_model(model, args, asr_tasks, (SPEECH,), variants[:1], cache, f"{role} asr")
+        results[role] = (backend, samples, params, asr_samples)
+    refs = [s.prompt for s in results["base"][3]]
+    err_b, words = word_errors(refs, [s.response for s in results["base"][3]])
+    err_m, _ = word_errors([s.prompt for s in results["model"][3]], [s.response for s in results["model"][3]])
+    asr = paired_wer_delta(words, err_b, err_m, confidence=args.confidence, n_boot=args.n_boot, seed=args.seed)
+    report = forgetting_report(results["base"][1], results["model"][1], asr=asr, confidence=args.confidence,
+                               n_boot=args.n_boot, seed=args.seed)
+    backend, _, params, _ = results["model"]
+    report.update(version=REPORT_VERSION, config=_config(args, args.model, params, backend) | {"base": args.base},
+                  environment=environment(), wall_time_s=round(time.perf_counter() - t0, 1))
+    rows = [s.as_dict() | {"model": m, "role": r} for r, m in (("base", args.base), ("model", args.model))
+            for s in results[r][1] + results[r][3]]
+    write_jsonl(out / "samples.jsonl", rows)
+    write_json(out / "report.json", report)
+    print(format_forgetting_markdown(report))
+    print(f"\nwall time {report['wall_time_s']} s; report {out / 'report.json'}")
+    return 0
+
+
+def _cmd_gate(args: argparse.Namespace) -> int:
+    from evalsuite.reports import read_report
+    from evalsuite.reports.gate import comparability_notes, format_gate, run_gate
+
+    try:
+        report = read_report(Path(args.report))
+        baseline = read_report(Path(args.baseline)) if args.baseline else None
+        rows = run_gate(report, baseline, max_drop=args.max_drop, confidence=args.confidence, n_boot=args.n_boot)
+    except ValueError as exc:
+        print(f"xopd-eval gate: {exc}", file=sys.stderr)
+        return 2
+    print(format_gate(rows, max_drop=args.max_drop, confidence=args.confidence))
+    for note in comparability_notes(report, baseline):
+        print(f"note: runs differ — {note}")
+    failed = [r for r in rows if not r.passed]
+    if failed:
+        print(f"\nGATE FAILED on {len(failed)} of {len(rows)}: " + ", ".join(f"{r.task}/{r.mode}" for r in failed))
+        return 1
+    print(f"\ngate passed ({len(rows)} task/mode pairs)")
+    return 0
+
+
+def _cmd_synth(args: argparse.Namespace) -> int:
+    from evalsuite.speech import parse_variants, synth_task
+
+    tasks = _load_tasks(args)
+    variants = parse_variants(args.variants)
+    for task in tasks:
+        path = synth_task(task.items, variants, Path(args.output) / task.name, text_of=task.render_spoken)
+        print(f"{task.name}: {len(task.items)} items × {len(variants)} variants → {path}")
+    return 0
+
+
+def _cmd_tasks(args: argparse.Namespace) -> int:
+    from evalsuite.tasks import list_tasks
+
+    print("\n".join(list_tasks()))
+    return 0
 
 
 def _cmd_zoo(args: argparse.Namespace) -> int:
@@ -30,23 +227,73 @@ def _cmd_zoo(args: argparse.Namespace) -> int:
 def _cmd_smoke(args: argparse.Namespace) -> int:
     from evalsuite.smoke import format_markdown, run_smoke
 
-    report = run_smoke(Path(args.output) if args.output else None, log=lambda m: print(m, file=sys.stderr, flush=True))
+    report = run_smoke(Path(args.output) if args.output else None, log=_log)
     print(format_markdown(report))
-    if args.output:
-        print(f"\nreport: {Path(args.output) / 'smoke.json'}")
     return 0
 
 
+def _add_run_args(p: argparse.ArgumentParser, *, output: str) -> None:
+    p.add_argument("--tasks", default=DEFAULT_TASKS, help=f"comma-separated task names (default: {DEFAULT_TASKS})")
+    p.add_argument("--limit", type=int, default=DEFAULT_LIMIT, help="items per task (test split)")
+    p.add_argument("--variants", default=DEFAULT_VARIANTS, help="TTS variants for speech mode, comma-separated")
+    p.add_argument("--backend", choices=["hf", "vllm"], default="hf")
+    p.add_argument("--batch-size", type=int, default=8, help="hf backend batch size")
+    p.add_argument("--tensor-parallel-size", type=int, default=1, help="vllm backend")
+    p.add_argument("--data-parallel-size", type=int, default=1, help="vllm backend")
+    p.add_argument("--max-model-len", type=int, default=None, help="vllm backend")
+    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--confidence", type=float, default=0.95)
+    p.add_argument("--n-boot", type=int, default=10_000)
+    p.add_argument("--output", default=output, help="folder for report.json, samples.jsonl, chart")
+    p.add_argument("--cache", default=None, help="generation cache JSONL (default: OUTPUT/cache.jsonl)")
+    p.add_argument("--trust-remote-code", action="store_true", help="allow model repos to run their own code")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="xopd-eval", description=__doc__)
+    p = argparse.ArgumentParser(prog="xopd-eval", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
+
+    g = sub.add_parser("gap", help="text vs speech accuracy on the same items, with paired statistics")
+    g.add_argument("--model", default=None, help="speech LLM, text LLM or cascade:<asr>+<llm> (default: the zoo cascade)")
+    g.add_argument("--teacher", default=None, help="text teacher: adds its text score and the paper's Avg. Drop %%")
+    _add_run_args(g, output="artifacts/gap")
+    g.set_defaults(fn=_cmd_gap)
+
+    f = sub.add_parser("forgetting", help="paired deltas of a trained model against its base, incl. ASR WER")
+    f.add_argument("--base", required=True)
+    f.add_argument("--model", required=True)
+    _add_run_args(f, output="artifacts/forgetting")
+    f.set_defaults(fn=_cmd_forgetting)
+
+    gt = sub.add_parser("gate", help="exit 1 when a score dropped by more than --max-drop (one-sided bound)")
+    gt.add_argument("--report", required=True)
+    gt.add_argument("--baseline", default=None, help="earlier gap report (forgetting reports carry their own)")
+    gt.add_argument("--max-drop", type=float, required=True, help="in accuracy units: 0.02 = 2 points")
+    gt.add_argument("--confidence", type=float, default=0.95)
+    gt.add_argument("--n-boot", type=int, default=10_000)
+    gt.set_defaults(fn=_cmd_gate)
+
+    s = sub.add_parser("synth", help="render tasks to a spoken dataset folder (datasets-loadable, Audio column)")
+    s.add_argument("--tasks", required=True)
+    s.add_argument("--limit", type=int, default=None)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--variants", default=DEFAULT_VARIANTS)
+    s.add_argument("--output", required=True)
+    s.set_defaults(fn=_cmd_synth)
+
+    t = sub.add_parser("tasks", help="list the available tasks")
+    t.set_defaults(fn=_cmd_tasks)
+
     z = sub.add_parser("zoo", help="list or build the offline model zoo")
     z.add_argument("action", choices=["list", "build"])
     z.add_argument("names", nargs="*", help="zoo models to build (default: all)")
     z.set_defaults(fn=_cmd_zoo)
-    s = sub.add_parser("smoke", help="run every zoo model once and report what it did")
-    s.add_argument("--output", default=None, help="folder for smoke.json")
-    s.set_defaults(fn=_cmd_smoke)
+
+    sm = sub.add_parser("smoke", help="run every zoo model once and report what it did")
+    sm.add_argument("--output", default=None, help="folder for smoke.json")
+    sm.set_defaults(fn=_cmd_smoke)
     return p
 
 

@@ -11,6 +11,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def xopd_home() -> Path:
     """Cache root: ``$XOPD_HOME``, else ``$XDG_CACHE_HOME/xopd``, else ``~/.cache/xopd``."""
     env = os.environ.get("XOPD_HOME")
@@ -42,9 +48,7 @@ def atomic_dir(target: Path) -> Iterator[Path]:
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes 0700; the finished directory should read like any other
+    os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700; the finished directory should read like any other
     try:
         yield tmp
         if target.exists():
@@ -61,6 +65,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
+        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; a finished file should read like any other
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()

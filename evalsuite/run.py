@@ -1,0 +1,123 @@
+"""Run one model over tasks in text and speech modes: the per-sample records every report is built from.
+
+Each item is asked twice with the same answer-format instruction: once typed (text mode) and once spoken (speech
+mode, one run per TTS variant, or the dataset's own recording). Generations go through the cache first, so a
+killed run resumes where it stopped and a rerun recomputes nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from evalsuite.types import GenParams, Item, Request
+
+TEXT = "text"
+SPEECH = "speech"
+
+
+@dataclass
+class Sample:
+    """One answered (or failed) request: a row of the per-sample JSONL."""
+
+    id: str
+    task: str
+    mode: str  # "text" | "speech"
+    variant: str  # TTS variant for speech ("recorded" for a dataset's own audio); "" for text
+    prompt: str  # the text shown, or the text that was spoken
+    answer: str
+    response: str | None = None
+    extracted: str | None = None
+    method: str | None = None
+    correct: bool = False
+    error: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class PreparedRequest:
+    sample: Sample
+    request: Request | None  # None when the input itself failed (bad audio, empty prompt)
+    item: Item = field(repr=False, default=None)  # type: ignore[assignment]
+
+
+def prepare(task, items: Sequence[Item], modes: Sequence[str], variants: Sequence) -> list[PreparedRequest]:
+    """Build every request; input problems become failed samples with a reason, never exceptions."""
+    from evalsuite.speech import AudioError, load_audio, render
+
+    out: list[PreparedRequest] = []
+    instruction = task.spec.instruction or ""
+    for item in items:
+        if TEXT in modes:
+            text = task.render_text(item)
+            s = Sample(item.id, task.name, TEXT, "", text, item.answer)
+            if not text.strip():
+                s.error = "empty prompt"
+                out.append(PreparedRequest(s, None, item))
+            else:
+                msgs = [{"role": "user", "content": text}]
+                out.append(PreparedRequest(s, Request(f"{item.id}|text", msgs), item))
+        if SPEECH not in modes:
+            continue
+        spoken = task.render_spoken(item)
+        sources = [("recorded", None)] if item.audio else [(v.name, v) for v in variants]
+        for vname, variant in sources:
+            s = Sample(item.id, task.name, SPEECH, vname, spoken, item.answer)
+            try:
+                if item.audio:
+                    audio = load_audio(Path(item.audio))
+                elif not spoken.strip():
+                    raise AudioError("empty text to speak")
+                else:
+                    audio = load_audio(render(spoken, variant))
+            except (AudioError, OSError, RuntimeError, ValueError) as exc:
+                s.error = f"audio: {exc}"
+                out.append(PreparedRequest(s, None, item))
+                continue
+            content: list[dict[str, Any]] = [{"type": "audio", "audio": audio}]
+            if instruction:
+                content.append({"type": "text", "text": instruction})
+            msgs = [{"role": "user", "content": content}]
+            out.append(PreparedRequest(s, Request(f"{item.id}|speech|{vname}", msgs), item))
+    return out
+
+
+def score(task, prepared: PreparedRequest, text: str | None, error: str | None) -> Sample:
+    from evalsuite.extract import extract_answer, is_correct
+
+    s = prepared.sample
+    s.response, s.error = text, error or s.error
+    if s.error or text is None:
+        return s
+    choices = prepared.item.choices or tuple(task.spec.choices or ())
+    ext = extract_answer(text, task.spec.answer_type, choices)
+    s.extracted, s.method = ext.value, ext.method
+    if ext.value is None:
+        return s
+    verdict = task.score(prepared.item, ext.value)
+    s.correct = bool(verdict) if verdict is not None else is_correct(ext, prepared.item.answer, task.spec.answer_type)
+    return s
+
+
+def evaluate(backend, tasks: Sequence, *, modes: Sequence[str] = (TEXT, SPEECH), variants: Sequence = (),
+             params: GenParams = GenParams(), cache=None, progress: Callable[[int], None] | None = None,
+             chunk_size: int = 32) -> list[Sample]:
+    """Answer every item of every task in every mode; return the samples in a stable order.
+
+    Generation goes through the cache in chunks, so a killed run loses at most one chunk and a rerun resumes.
+    ``progress`` receives increments of finished requests (input failures count at once).
+    """
+    from evalsuite.cache import generate_cached
+
+    prepared = [(t, p) for t in tasks for p in prepare(t, t.items, modes, variants)]
+    live = [i for i, (_, p) in enumerate(prepared) if p.request is not None]
+    if progress and len(live) < len(prepared):
+        progress(len(prepared) - len(live))
+    outs = generate_cached(backend, [prepared[i][1].request for i in live], params, cache, chunk_size=chunk_size,
+                           progress=progress)
+    results: dict[int, tuple[str | None, str | None]] = {i: (r.text, r.error) for i, r in zip(live, outs, strict=True)}
+    return [score(t, p, *results.get(i, (None, None))) for i, (t, p) in enumerate(prepared)]

@@ -1,0 +1,162 @@
+"""Paired statistics for text-vs-speech (and run-vs-run) accuracy: bootstrap CIs, McNemar, flips, the gate.
+
+Every function takes per-item correctness of two systems on the *same* items, as equal-length boolean arrays
+(a failed or errored item counts as incorrect; callers report failure rates beside these numbers). Pairing is
+kept throughout: an unpaired test on paired data wastes most of its power (lm-eval #3831).
+
+The bootstrap resamples items jointly. The mean paired difference depends on a resample only through how many
+items of each kind it drew (a✓b✗, a✗b✓, or concordant), so drawing those three counts from one multinomial per
+replicate gives exactly the distribution of resampling item indices, in O(B) rather than O(B·n) time/memory.
+The interval is the percentile interval of the replicates themselves — not std/√B, lighteval's bug that makes
+an interval ~√B times too narrow.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.stats import binom
+
+__all__ = [
+    "GateResult",
+    "avg_drop_percent",
+    "flip_counts",
+    "gate_check",
+    "mcnemar_exact",
+    "one_sided_lower_bound",
+    "paired_bootstrap_ci",
+]
+
+
+def _as_bool(x, name: str) -> np.ndarray:
+    arr = np.asarray(x)
+    if arr.ndim != 1:
+        raise ValueError(f"{name}: expected a 1-D array of per-item correctness, got shape {arr.shape}")
+    if arr.dtype != bool:
+        # 0/1 ints or floats are fine; anything else (NaN for a failed item, scores) is a caller bug.
+        if arr.size and not np.isin(arr, (0, 1)).all():
+            bad = arr[~np.isin(arr, (0, 1))][:3]
+            raise ValueError(f"{name}: per-item correctness must be boolean or 0/1, found values like {bad}")
+        arr = arr.astype(bool)
+    return arr
+
+
+def _paired(a, b, names: tuple[str, str] = ("a", "b")) -> tuple[np.ndarray, np.ndarray]:
+    a, b = _as_bool(a, names[0]), _as_bool(b, names[1])
+    if a.shape != b.shape:
+        raise ValueError(
+            f"paired arrays differ in length: {names[0]} has {a.size} items, {names[1]} has {b.size}; "
+            "both must hold the same items in the same order"
+        )
+    if a.size == 0:
+        raise ValueError("no items: paired statistics need at least one item")
+    return a, b
+
+
+def _check_confidence(confidence: float) -> None:
+    if not 0.0 < confidence < 1.0:
+        raise ValueError(f"confidence must be in (0, 1), got {confidence}")
+
+
+def flip_counts(a, b) -> tuple[int, int]:
+    """(a✓b✗, a✗b✓): the discordant pairs, e.g. (text right & speech wrong, text wrong & speech right)."""
+    a, b = _paired(a, b)
+    return int(np.count_nonzero(a & ~b)), int(np.count_nonzero(~a & b))
+
+
+def _bootstrap_diffs(a: np.ndarray, b: np.ndarray, n_boot: int, seed: int) -> np.ndarray:
+    """n_boot replicates of mean(a) − mean(b) under joint resampling of the n items (see module docstring)."""
+    if n_boot < 1:
+        raise ValueError(f"n_boot must be >= 1, got {n_boot}")
+    n = a.size
+    a_only, b_only = flip_counts(a, b)
+    probs = np.array([a_only, b_only, n - a_only - b_only], dtype=float) / n
+    counts = np.random.default_rng(seed).multinomial(n, probs, size=n_boot)
+    return (counts[:, 0] - counts[:, 1]) / n
+
+
+def paired_bootstrap_ci(
+    a, b, *, confidence: float = 0.95, n_boot: int = 10_000, seed: int = 0
+) -> tuple[float, float, float]:
+    """(mean(a) − mean(b), lo, hi): a two-sided percentile bootstrap interval of the paired difference."""
+    a, b = _paired(a, b)
+    _check_confidence(confidence)
+    diffs = _bootstrap_diffs(a, b, n_boot, seed)
+    tail = (1.0 - confidence) / 2.0
+    lo, hi = np.quantile(diffs, [tail, 1.0 - tail])
+    return float(a.mean() - b.mean()), float(lo), float(hi)
+
+
+def one_sided_lower_bound(
+    new, base, *, confidence: float = 0.95, n_boot: int = 10_000, seed: int = 0
+) -> float:
+    """The one-sided lower confidence bound of mean(new) − mean(base) (percentile bootstrap)."""
+    new, base = _paired(new, base, ("new", "base"))
+    _check_confidence(confidence)
+    diffs = _bootstrap_diffs(new, base, n_boot, seed)
+    return float(np.quantile(diffs, 1.0 - confidence))
+
+
+def mcnemar_exact(a, b) -> float:
+    """Two-sided exact McNemar p-value: a binomial test of a✓b✗ against a✗b✓ with p = 0.5.
+
+    Concordant pairs carry no information about which system is better, so only the discordant ones count;
+    with none at all there is no evidence of a difference (p = 1).
+    """
+    n01, n10 = flip_counts(a, b)
+    n = n01 + n10
+    if n == 0:
+        return 1.0
+    # Binomial(n, 1/2) is symmetric, so the two-sided exact p is twice the smaller tail (capped at 1).
+    return float(min(1.0, 2.0 * binom.cdf(min(n01, n10), n, 0.5)))
+
+
+def avg_drop_percent(base_text: dict[str, float], scores: dict[str, float]) -> float:
+    """The paper's Avg. Drop %: mean over benchmarks of (base_text − score) / base_text × 100.
+
+    ``base_text`` is the text teacher's own text score per benchmark; ``scores`` the scores to compare (speech
+    scores for ΔS, the student's text scores for ΔT), in the same units. Averages over the benchmarks in
+    ``scores``; each must have a positive base score.
+    """
+    if not scores:
+        raise ValueError("avg_drop_percent: no benchmark scores given")
+    missing = sorted(set(scores) - set(base_text))
+    if missing:
+        raise ValueError(f"avg_drop_percent: no base text score for benchmark(s) {', '.join(missing)}")
+    drops = []
+    for name, score in scores.items():
+        base = base_text[name]
+        if not base > 0:
+            raise ValueError(f"avg_drop_percent: base text score of {name!r} is {base}; drop undefined")
+        drops.append((base - score) / base * 100.0)
+    return float(np.mean(drops))
+
+
+@dataclass(frozen=True)
+class GateResult:
+    diff: float  # mean(new) − mean(base), accuracy units
+    lower_bound: float  # one-sided lower confidence bound of diff
+    max_drop: float  # the tolerated drop, accuracy units (0.03 = 3 points)
+    passed: bool  # lower_bound >= −max_drop
+    n: int  # paired items
+
+
+def gate_check(
+    new, base, *, max_drop: float, confidence: float = 0.95, n_boot: int = 10_000, seed: int = 0
+) -> GateResult:
+    """Fail when the one-sided lower confidence bound of (new − base) is below −max_drop.
+
+    The bound widens as n shrinks, so a small run cannot pass on luck the way a fixed-tolerance gate lets it.
+    """
+    if not 0.0 <= max_drop < 1.0:
+        raise ValueError(f"max_drop is in accuracy units (0.03 = 3 points) within [0, 1), got {max_drop}")
+    new, base = _paired(new, base, ("new", "base"))
+    lb = one_sided_lower_bound(new, base, confidence=confidence, n_boot=n_boot, seed=seed)
+    return GateResult(
+        diff=float(new.mean() - base.mean()),
+        lower_bound=lb,
+        max_drop=float(max_drop),
+        passed=bool(lb >= -max_drop),
+        n=int(new.size),
+    )

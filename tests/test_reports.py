@@ -1,0 +1,128 @@
+"""Gap, forgetting and gate reports from per-sample records; `xopd-eval gate` exit codes on real report files."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from evalsuite.reports import REPORT_VERSION, read_report, write_json
+from evalsuite.reports.forgetting import forgetting_report, paired_wer_delta, word_errors
+from evalsuite.reports.gap import format_gap_markdown, gap_report
+from evalsuite.reports.gate import run_gate
+from evalsuite.reports.plot import gap_chart
+from evalsuite.run import Sample
+
+
+def _samples(task: str, mode: str, variant: str, correct: list[int], extracted_none: set[int] = frozenset(),
+             errors: set[int] = frozenset()) -> list[Sample]:
+    out = []
+    for i, c in enumerate(correct):
+        s = Sample(f"{task}/{i}", task, mode, variant, "p", "1", response="r", extracted="1", correct=bool(c))
+        if i in extracted_none:
+            s.extracted, s.correct = None, False
+        if i in errors:
+            s.error, s.response, s.extracted, s.correct = "audio: missing", None, None, False
+        out.append(s)
+    return out
+
+
+def test_gap_report_numbers_by_hand() -> None:
+    text = [1, 1, 1, 1, 0, 1, 0, 1, 1, 1]
+    speech = [1, 0, 1, 0, 0, 1, 1, 1, 0, 1]
+    samples = _samples("t", "text", "", text, extracted_none={4}) + _samples(
+        "t", "speech", "clean", speech, errors={2}
+    )
+    rep = gap_report(samples, n_boot=2000)
+    modes = rep["tasks"]["t"]["modes"]
+    assert modes["text"]["accuracy"] == pytest.approx(0.8)
+    assert modes["text"]["extraction_fail_rate"] == pytest.approx(0.1)
+    assert modes["speech:clean"]["accuracy"] == pytest.approx(0.5)  # the errored item counts as wrong
+    assert modes["speech:clean"]["errors"] == 1
+    assert modes["speech:clean"]["extraction_fail_rate"] == pytest.approx(0.0)
+    g = rep["tasks"]["t"]["gap"]["speech:clean"]
+    assert g["diff"] == pytest.approx(0.3)
+    assert g["flips"] == [4, 1]  # text✓speech✗ at 1, 2, 3, 8; text✗speech✓ at 6
+    assert g["mcnemar_p"] == pytest.approx(0.375)  # 2 * P(Binom(5, .5) <= 1) = 2 * 6/32
+    assert g["ci"][0] <= 0.3 <= g["ci"][1]
+    assert rep["paired"]["t"]["text"]["correct"] == text[:4] + [0] + text[5:]
+    md = format_gap_markdown(rep)
+    assert "+30.0" in md and "4/1" in md
+
+
+def test_gap_report_with_teacher_avg_drop() -> None:
+    student = _samples("a", "text", "", [1] * 6 + [0] * 4) + _samples("a", "speech", "clean", [1] * 3 + [0] * 7)
+    teacher = _samples("a", "text", "", [1] * 8 + [0] * 2)
+    rep = gap_report(student, teacher_samples=teacher, n_boot=500)
+    assert rep["teacher"]["text_accuracy"]["a"] == pytest.approx(0.8)
+    assert rep["avg_drop_percent"]["text"] == pytest.approx((0.8 - 0.6) / 0.8 * 100)
+    assert rep["avg_drop_percent"]["speech:clean"] == pytest.approx((0.8 - 0.3) / 0.8 * 100)
+
+
+def _report_file(tmp_path: Path, name: str, correct: np.ndarray, *, kind: str = "gap") -> Path:
+    samples = _samples("t", "text", "", correct.tolist())
+    rep = gap_report(samples, n_boot=200) | {"version": REPORT_VERSION, "config": {"backend": "hf"}}
+    path = tmp_path / name
+    write_json(path, rep)
+    return path
+
+
+def _gate(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "evalsuite.cli", "gate", *args], capture_output=True, text=True)
+
+
+def test_gate_cli_passes_equal_and_fails_a_real_drop(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    base = rng.random(1000) < 0.7
+    worse = base.copy()
+    worse[np.flatnonzero(base)[:80]] = False  # an 8-point drop
+    b = _report_file(tmp_path, "base.json", base)
+    same = _report_file(tmp_path, "same.json", base)
+    bad = _report_file(tmp_path, "bad.json", worse)
+    ok = _gate("--report", str(same), "--baseline", str(b), "--max-drop", "0.02")
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    assert "gate passed" in ok.stdout
+    fail = _gate("--report", str(bad), "--baseline", str(b), "--max-drop", "0.02")
+    assert fail.returncode == 1
+    assert "GATE FAILED on 1 of 1: t/text" in fail.stdout
+    missing = _gate("--report", str(tmp_path / "nope.json"), "--baseline", str(b), "--max-drop", "0.02")
+    assert missing.returncode == 2 and "does not exist" in missing.stderr
+
+
+def test_gate_fails_on_a_vanished_task(tmp_path: Path) -> None:
+    base = read_report(_report_file(tmp_path, "b.json", np.ones(50, bool)))
+    new = json.loads(json.dumps(base))
+    new["paired"] = {}
+    rows = run_gate(new, base, max_drop=0.05, n_boot=200)
+    assert [r.passed for r in rows] == [False] and "missing" in rows[0].note
+
+
+def test_forgetting_report_and_gate_without_baseline() -> None:
+    base = _samples("t", "text", "", [1] * 30 + [0] * 10)
+    model = _samples("t", "text", "", [0] * 15 + [1] * 15 + [0] * 10)  # lost 15 items: −37.5 points
+    rep = forgetting_report(base, model, n_boot=500)
+    e = rep["tasks"]["t"]["text"]
+    assert e["diff"] == pytest.approx(-15 / 40)
+    assert e["flips"] == [0, 15]
+    rows = run_gate(rep, None, max_drop=0.05, n_boot=500)
+    assert not rows[0].passed
+
+
+def test_wer_delta_by_hand() -> None:
+    refs = ["there are twelve eggs", "is seven greater than four"]
+    e_base, words = word_errors(refs, ["there are 12 eggs", "is seven greater than four"])
+    e_model, _ = word_errors(refs, ["there are eggs", None])
+    assert words.tolist() == [4, 5] and e_base.tolist() == [0, 0] and e_model.tolist() == [1, 5]
+    d = paired_wer_delta(words, e_base, e_model, n_boot=500)
+    assert d["base_wer"] == 0 and d["model_wer"] == pytest.approx(6 / 9)
+    assert d["ci"][0] <= d["delta"] <= d["ci"][1]
+
+
+def test_gap_chart_is_a_png(tmp_path: Path) -> None:
+    rep = gap_report(_samples("t", "text", "", [1, 0]) + _samples("t", "speech", "clean", [0, 0]), n_boot=100)
+    path = gap_chart(rep, tmp_path / "gap.png")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
