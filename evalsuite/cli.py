@@ -63,7 +63,7 @@ def _run_model(model: str, args, tasks, modes, variants, cache_path: Path, desc:
     bar = _progress_bar(desc, n_requests)
     try:
         samples = evaluate(backend, tasks, modes=modes, variants=variants, params=params,
-                           cache=GenerationCache(cache_path), progress=bar.update)
+                           cache=GenerationCache(cache_path), progress=bar.update, chunk_size=args.chunk_size)
     finally:
         bar.close()
     return backend, samples, params
@@ -247,6 +247,7 @@ def _add_run_args(p: argparse.ArgumentParser, *, output: str) -> None:
     p.add_argument("--confidence", type=float, default=0.95)
     p.add_argument("--n-boot", type=int, default=10_000)
     p.add_argument("--output", default=output, help="folder for report.json, samples.jsonl, chart")
+    p.add_argument("--chunk-size", type=int, default=32, help="requests generated between cache appends")
     p.add_argument("--cache", default=None, help="generation cache JSONL (default: OUTPUT/cache.jsonl)")
     p.add_argument("--trust-remote-code", action="store_true", help="allow model repos to run their own code")
 

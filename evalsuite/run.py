@@ -55,7 +55,7 @@ def prepare(task, items: Sequence[Item], modes: Sequence[str], variants: Sequenc
         if TEXT in modes:
             text = task.render_text(item)
             s = Sample(item.id, task.name, TEXT, "", text, item.answer)
-            if not text.strip():
+            if not item.question.strip():
                 s.error = "empty prompt"
                 out.append(PreparedRequest(s, None, item))
             else:
@@ -70,8 +70,8 @@ def prepare(task, items: Sequence[Item], modes: Sequence[str], variants: Sequenc
             try:
                 if item.audio:
                     audio = load_audio(Path(item.audio))
-                elif not spoken.strip():
-                    raise AudioError("empty text to speak")
+                elif not item.question.strip() or not spoken.strip():
+                    raise AudioError(item.id, "empty prompt: nothing to speak")
                 else:
                     audio = load_audio(render(spoken, variant))
             except (AudioError, OSError, RuntimeError, ValueError) as exc:

@@ -100,8 +100,8 @@ def jsonl_rows(src: JsonlSource) -> list[Row]:
         if not isinstance(rec, dict):
             raise ValueError(f"{where}: each line must be a JSON object")
         q = rec.get(cols["question"])
-        if not isinstance(q, str) or not q.strip():
-            raise ValueError(f"{where}: needs a non-empty string {cols['question']!r}")
+        if not isinstance(q, str):  # an empty string loads: the evaluator marks that item and goes on
+            raise ValueError(f"{where}: needs a string {cols['question']!r}")
         if rec.get(cols["answer"]) is None:
             raise ValueError(f"{where}: needs {cols['answer']!r}")
         used = {cols[k] for k in cols}
