@@ -146,10 +146,15 @@ def _cmd_forgetting(args: argparse.Namespace) -> int:
         asr_tasks = [replace(t, spec=replace(t.spec, instruction=TRANSCRIBE_INSTRUCTION)) for t in tasks]
         _, asr_samples, _ = _run_model(model, args, asr_tasks, (SPEECH,), variants[:1], cache, f"{role} asr")
         results[role] = (backend, samples, params, asr_samples)
-    refs = [s.prompt for s in results["base"][3]]
-    err_b, words = word_errors(refs, [s.response for s in results["base"][3]])
-    err_m, _ = word_errors([s.prompt for s in results["model"][3]], [s.response for s in results["model"][3]])
+    # Items whose audio could not be fed to a model say nothing about transcription: leave them out, and say so.
+    b_asr = {s.id: s for s in results["base"][3]}
+    m_asr = {s.id: s for s in results["model"][3]}
+    ids = [i for i in b_asr if i in m_asr and not b_asr[i].error and not m_asr[i].error]
+    refs = [b_asr[i].prompt for i in ids]
+    err_b, words = word_errors(refs, [b_asr[i].response for i in ids])
+    err_m, _ = word_errors(refs, [m_asr[i].response for i in ids])
     asr = paired_wer_delta(words, err_b, err_m, confidence=args.confidence, n_boot=args.n_boot, seed=args.seed)
+    asr["excluded_items"] = len(b_asr) - len(ids)
     report = forgetting_report(results["base"][1], results["model"][1], asr=asr, confidence=args.confidence,
                                n_boot=args.n_boot, seed=args.seed)
     backend, _, params, _ = results["model"]

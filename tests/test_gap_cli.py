@@ -115,3 +115,23 @@ def test_killed_run_resumes_to_the_same_report(tiny, tmp_path: Path) -> None:
     assert strip(out / "samples.jsonl") == strip(ref_out / "samples.jsonl")
     a, b = (json.loads((d / "report.json").read_text()) for d in (out, ref_out))
     assert a["tasks"] == b["tasks"] and a["paired"] == b["paired"]
+
+
+def test_forgetting_of_a_model_against_itself_is_zero_and_gates_green(tiny, tmp_path: Path) -> None:
+    tasks = _task_dir(tmp_path)
+    out = tmp_path / "forget"
+    model = str(tiny["qwen2_audio"])
+    cmd = [sys.executable, "-m", "evalsuite.cli", "forgetting", "--base", model, "--model", model, "--tasks",
+           "mini_math", "--max-new-tokens", "8", "--n-boot", "300", "--output", str(out)]
+    proc = subprocess.run(cmd, env=_env(tasks), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads((out / "report.json").read_text())
+    assert report["kind"] == "forgetting"
+    for modes in report["tasks"].values():
+        for e in modes.values():
+            assert e["diff"] == 0 and e["flips"] == [0, 0]
+    assert report["asr"]["delta"] == 0 and report["asr"]["n"] == 4  # tts1-3 + the recorded item
+    assert "ASR (asked to transcribe" in proc.stdout
+    gate = subprocess.run([sys.executable, "-m", "evalsuite.cli", "gate", "--report", str(out / "report.json"),
+                           "--max-drop", "0.5"], capture_output=True, text=True)
+    assert gate.returncode == 0, gate.stdout + gate.stderr
