@@ -67,6 +67,59 @@ class Backend(ABC):
     def close(self) -> None:  # noqa: B027 - optional; a backend with nothing to free keeps this
         """Free the weights or the engine."""
 
+    # Prompt preparation is the same for every backend: subclasses say how to render one request
+    # (``render``), where a cascade's ASR comes from (``asr``), and how long a prompt may be.
+    tokenizer: Any
+    max_model_len: int | None
+    asr_batch_size: int
+
+    def render(self, messages: list[dict[str, Any]]) -> Any:
+        raise NotImplementedError
+
+    def asr(self) -> Any:
+        """The cascade's ASR (loaded on first use)."""
+        raise NotImplementedError
+
+    def too_long(self, n_tokens: int) -> str:
+        return f"prompt has {n_tokens} tokens; {self.model_id!r} takes at most {self.max_model_len}"
+
+    def prepare_prompts(self, requests: list[Request]) -> tuple[dict[int, Any], list[Result | None]]:
+        """Render every request; one that cannot be rendered gets its failed Result, the others a prompt."""
+        from evalsuite.backends.asr import transcribe_requests
+        from evalsuite.backends.prompts import RequestError, audios_of, check_messages, render_text, replace_audio
+
+        results: list[Result | None] = [None] * len(requests)
+        prompts: dict[int, Any] = {}
+        if self.kind == "cascade":
+            audio_lists: dict[int, list] = {}
+            for i, r in enumerate(requests):
+                try:
+                    audio_lists[i] = audios_of(check_messages(r.messages))
+                except RequestError as exc:
+                    results[i] = Result.failed(str(exc))
+            asr = self.asr() if any(audio_lists.values()) else None
+            for i, texts in transcribe_requests(asr, audio_lists, self.asr_batch_size).items():
+                if isinstance(texts, str):  # transcription failed for this request
+                    results[i] = Result.failed(texts)
+                    continue
+                try:
+                    prompts[i] = render_text(self.tokenizer, replace_audio(requests[i].messages, texts), self.model_id)
+                except RequestError as exc:
+                    results[i] = Result.failed(str(exc))
+                    continue
+                prompts[i].meta["heard"] = texts
+        else:
+            for i, r in enumerate(requests):
+                try:
+                    prompts[i] = self.render(r.messages)
+                except RequestError as exc:
+                    results[i] = Result.failed(str(exc))
+        for i, p in list(prompts.items()):
+            if self.max_model_len and len(p.ids) > self.max_model_len:
+                results[i] = Result.failed(self.too_long(len(p.ids)))
+                del prompts[i]
+        return prompts, results
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}(model_id={self.model_id!r}, kind={self.kind!r})"
 

@@ -15,20 +15,16 @@ from typing import Any
 import torch
 from transformers import GenerationConfig
 
-from evalsuite.backends.asr import has_audio, transcribe_requests
 from evalsuite.backends.base import Backend, Progress, Result, isolate_failures
 from evalsuite.backends.fingerprint import fingerprint
 from evalsuite.backends.prompts import (
     SAMPLE_RATE,
     Prompt,
     RequestError,
-    audios_of,
-    check_messages,
     cut_at_eos,
     eos_ids,
     render_speech,
     render_text,
-    replace_audio,
 )
 from evalsuite.backends.resolve import ModelSpec, load_tokenizer_and_processor, resolve_model
 from evalsuite.types import GenParams, Request
@@ -161,52 +157,15 @@ class HFBackend(Backend):
             return render_speech(self.processor, messages, self.spec.placeholder, self.model_id)
         return render_text(self.tokenizer, messages, self.model_id)
 
-    def _cascade_prompts(self, requests: list[Request], results: list[Result | None]) -> dict[int, Prompt]:
-        """Transcribe every audio of every request in Whisper batches, then render the transcripts."""
-        audio_lists: dict[int, list] = {}
-        for i, r in enumerate(requests):
-            try:
-                audio_lists[i] = audios_of(check_messages(r.messages))
-            except RequestError as exc:
-                results[i] = Result.failed(str(exc))
-        heard = transcribe_requests(self._cascade, audio_lists, self.asr_batch_size)
-        prompts: dict[int, Prompt] = {}
-        for i, texts in heard.items():
-            if isinstance(texts, str):  # transcription failed for this request
-                results[i] = Result.failed(texts)
-                continue
-            try:
-                prompts[i] = render_text(
-                    self.tokenizer, replace_audio(requests[i].messages, texts), self.model_id
-                )
-            except RequestError as exc:
-                results[i] = Result.failed(str(exc))
-                continue
-            prompts[i].meta["heard"] = texts
-        return prompts
+    def asr(self) -> Cascade:
+        self._load()  # a cascade loads Whisper and the LLM together
+        return self._cascade
 
     # ----------------------------------------------------------------------------------------- generation
     def generate(
         self, requests: list[Request], params: GenParams, *, progress: Progress | None = None
     ) -> list[Result]:
-        results: list[Result | None] = [None] * len(requests)
-        if self.kind == "cascade":
-            if any(has_audio(r) for r in requests):
-                self._load()
-            prompts = self._cascade_prompts(requests, results)
-        else:
-            prompts = {}
-            for i, r in enumerate(requests):
-                try:
-                    prompts[i] = self.render(r.messages)
-                except RequestError as exc:
-                    results[i] = Result.failed(str(exc))
-        for i, p in list(prompts.items()):
-            if self.max_model_len and len(p.ids) > self.max_model_len:
-                results[i] = Result.failed(
-                    f"prompt has {len(p.ids)} tokens; {self.model_id!r} takes at most {self.max_model_len}"
-                )
-                del prompts[i]
+        prompts, results = self.prepare_prompts(requests)
         if progress and len(prompts) < len(requests):
             progress(len(requests) - len(prompts))
 

@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from evalsuite.backends.asr import load_asr, transcribe_requests
+from evalsuite.backends.asr import load_asr
 from evalsuite.backends.base import Backend, Progress, Result, isolate_failures
 from evalsuite.backends.fingerprint import fingerprint
 from evalsuite.backends.hf import read_generation_config
@@ -30,13 +30,10 @@ from evalsuite.backends.prompts import (
     SAMPLE_RATE,
     Prompt,
     RequestError,
-    audios_of,
-    check_messages,
     cut_at_eos,
     eos_ids,
     render_speech,
     render_text,
-    replace_audio,
 )
 from evalsuite.backends.resolve import ModelSpec, load_tokenizer_and_processor, resolve_model
 from evalsuite.types import GenParams, Request
@@ -184,30 +181,14 @@ class VLLMBackend(Backend):
             return prompt
         return render_text(self.tokenizer, messages, self.model_id)
 
-    def _cascade_prompts(self, requests: list[Request], results: list[Result | None]) -> dict[int, Prompt]:
-        audio_lists: dict[int, list] = {}
-        for i, r in enumerate(requests):
-            try:
-                audio_lists[i] = audios_of(check_messages(r.messages))
-            except RequestError as exc:
-                results[i] = Result.failed(str(exc))
-        if any(audio_lists.values()) and self._asr is None:
+    def asr(self) -> Any:
+        if self._asr is None:
             name = f"{self.model_id} (ASR)"
             self._asr = load_asr(self.spec.asr_path, name, dtype=torch.float32, device=self.asr_device)
-        prompts: dict[int, Prompt] = {}
-        for i, texts in transcribe_requests(self._asr, audio_lists, self.asr_batch_size).items():
-            if isinstance(texts, str):
-                results[i] = Result.failed(texts)
-                continue
-            try:
-                prompts[i] = render_text(
-                    self.tokenizer, replace_audio(requests[i].messages, texts), self.model_id
-                )
-            except RequestError as exc:
-                results[i] = Result.failed(str(exc))
-                continue
-            prompts[i].meta["heard"] = texts
-        return prompts
+        return self._asr
+
+    def too_long(self, n_tokens: int) -> str:
+        return f"prompt has {n_tokens} tokens; the engine takes at most {self.max_model_len} (max_model_len)"
 
     @staticmethod
     def engine_prompt(prompt: Prompt) -> dict[str, Any]:
@@ -221,23 +202,7 @@ class VLLMBackend(Backend):
     def generate(
         self, requests: list[Request], params: GenParams, *, progress: Progress | None = None
     ) -> list[Result]:
-        results: list[Result | None] = [None] * len(requests)
-        if self.kind == "cascade":
-            prompts = self._cascade_prompts(requests, results)
-        else:
-            prompts = {}
-            for i, r in enumerate(requests):
-                try:
-                    prompts[i] = self.render(r.messages)
-                except RequestError as exc:
-                    results[i] = Result.failed(str(exc))
-        for i, p in list(prompts.items()):
-            if self.max_model_len and len(p.ids) > self.max_model_len:
-                results[i] = Result.failed(
-                    f"prompt has {len(p.ids)} tokens; the engine takes at most {self.max_model_len} "
-                    "(max_model_len)"
-                )
-                del prompts[i]
+        prompts, results = self.prepare_prompts(requests)
         if progress and len(prompts) < len(requests):
             progress(len(requests) - len(prompts))
         if prompts:
