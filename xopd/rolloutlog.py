@@ -1,0 +1,228 @@
+"""The per-step rollout log (``<output_dir>/rollouts.jsonl``): every sampled token, as both models saw it.
+
+Schema (version 1). One JSON object per line, one line per rollout; all lines of a step are appended in one
+write followed by fsync, after that step's optimizer update:
+
+=================  ========================================================================================
+``schema``         1
+``step``           optimizer step (1-based) whose batch this rollout belongs to
+``kind``           ``loss.kind``: ``xopd`` | ``gkd`` (student samples) | ``sft`` (reference answers) |
+                   ``offline_kd`` (teacher samples): the scored sequence is what that kind trains on
+``prompt_id``      pair id, e.g. ``arithmetic/2_digit_addition/0042``
+``modality``       ``text`` (in-modal: the student read the question) | ``speech`` (cross-modal: it heard it)
+``sample``         index of this rollout among the prompt's samples in this modality (0 .. n-1)
+``prompt_text``    the text version's user message (what the teacher always reads)
+``spoken_text``    the words spoken in the speech version (speech rows; null for a recording / text rows)
+``audio_path``     the WAV the student heard (speech rows; null for text rows)
+``variant``        TTS variant of that audio (speech rows), else null
+``completion``     the decoded completion (special tokens kept, e.g. a final ``<|im_end|>``)
+``finished``       true when the completion ended with an EOS id (false: cut by max_new_tokens)
+``num_tokens``     T, the number of completion tokens (EOS included)
+``reverse_kl``     mean over the T tokens of ``student_lp - teacher_lp`` (sampled-token reverse-KL estimate)
+``tokens``         per-token arrays, each of length T, aligned by position:
+``.id``            token id (the same id the student sampled and the teacher scored)
+``.piece``         text of the token; the pieces concatenate to ``completion``. A multi-byte character split
+                   across tokens goes whole to the token that completes it (the others get ``""``)
+``.student_lp``    log pi_student(token | student prompt, earlier tokens), over the shared vocabulary
+``.teacher_lp``    log pi_teacher(token | teacher's own text prompt, earlier tokens)
+``.sampler_lp``    log-prob under the distribution it was sampled from (temperature / top-p / banned ids);
+                   null for sequences the student did not sample (sft, offline_kd)
+``.advantage``     the per-token signal of the loss. xopd: ``teacher_lp - student_lp`` (PowerOPD's bounded
+                   reward with ``loss.reward: power``); other kinds: ``teacher_lp - student_lp``
+``.teacher_topk``  the teacher's k likeliest tokens at each position: ``{"id": [[k ids] x T], "piece":
+                   [[k pieces] x T], "lp": [[k log-probs] x T]}`` (k = ``logging.topk``; absent when 0)
+=================  ========================================================================================
+
+Log-probs are natural logs rounded to 5 decimals. Where the positions come from: ``student_lp[t]`` and
+``teacher_lp[t]`` are read from the logits at position ``t - 1`` of each model's own input (prompt + the same
+completion ids), i.e. they are the probabilities of *predicting* token ``t``.
+
+Resume: a checkpoint stores each log's byte size after its step; resuming truncates the file to that size
+(falling back to dropping every record whose ``step`` is later than the checkpoint's), so a killed run leaves
+neither duplicated nor missing steps. :class:`StepLog` does the same for ``metrics.jsonl`` and ``eval.jsonl``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+SCHEMA_VERSION = 1
+_DIGITS = 5
+
+
+class StepLog:
+    """An append-only JSONL of records that carry a ``step``: batched append + fsync, truncation on resume."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+
+    def size(self) -> int:
+        return self.path.stat().st_size if self.path.exists() else 0
+
+    def append(self, records: Sequence[dict[str, Any]]) -> None:
+        """Append ``records`` in one write, then flush and fsync: a crash leaves at most one partial line."""
+        if not records:
+            return
+        data = "".join(json.dumps(r, ensure_ascii=False, allow_nan=True) + "\n" for r in records).encode(
+            "utf-8"
+        )
+        with open(self.path, "ab") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+
+    def truncate_to(self, step: int, size: int | None = None) -> None:
+        """Drop everything written after ``step``: cut at ``size`` bytes when that offset is a record boundary
+        whose last record is at most ``step`` (O(1)); else rewrite the file keeping records of steps <= step.
+        """
+        if not self.path.exists():
+            return
+        if size is not None and self._is_boundary(size, step):
+            with open(self.path, "r+b") as fh:
+                fh.truncate(size)
+                fh.flush()
+                os.fsync(fh.fileno())
+            return
+        kept = [r for r in read_records(self.path) if int(r.get("step", 0)) <= step]
+        tmp = self.path.with_name(f".{self.path.name}.tmp")
+        with open(tmp, "wb") as fh:
+            fh.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in kept).encode("utf-8"))
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, self.path)
+
+    def _is_boundary(self, size: int, step: int) -> bool:
+        total = self.size()
+        if size > total:
+            return False
+        if size == 0:
+            return True
+        with open(self.path, "rb") as fh:
+            # the last record before the cut must lie within the preceding MiB, else we fall back
+            start = max(0, size - (1 << 20))
+            fh.seek(start)
+            head = fh.read(size - start)
+        if not head.endswith(b"\n"):
+            return False
+        last = head[:-1].rsplit(b"\n", 1)[-1]
+        try:
+            return int(json.loads(last).get("step", 0)) <= step
+        except ValueError:
+            return False
+
+    def records(self) -> list[dict[str, Any]]:
+        return list(read_records(self.path))
+
+
+def read_records(path: str | Path) -> Iterator[dict[str, Any]]:
+    """Records of a JSONL log; a trailing partial line (a write cut by a crash) is skipped."""
+    path = Path(path)
+    if not path.exists():
+        return
+    with open(path, "rb") as fh:
+        for raw in fh:
+            if not raw.endswith(b"\n"):
+                break
+            line = raw.strip()
+            if line:
+                yield json.loads(line)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# building records
+# ------------------------------------------------------------------------------------------------------------
+
+
+def token_pieces(tokenizer: Any, ids: Sequence[int]) -> list[str]:
+    """Text of each token such that the pieces concatenate to the decoded sequence.
+
+    Each token is decoded in the context of a few earlier ones (SentencePiece drops a leading space when a
+    token is decoded alone), and a token that ends inside a multi-byte character (decoding to U+FFFD) gets
+    ``""``: the character goes whole to the token that completes it (tinker-cookbook's colorizer broke on
+    this).
+    """
+    ids = [int(i) for i in ids]
+    pieces: list[str] = []
+    start = 0  # first token whose text has not been emitted yet
+    for i in range(len(ids)):
+        anchor = max(0, start - 4)
+        before = tokenizer.decode(ids[anchor:start], skip_special_tokens=False) if start > anchor else ""
+        full = tokenizer.decode(ids[anchor : i + 1], skip_special_tokens=False)
+        if full.endswith("\ufffd") and i + 1 < len(ids):
+            pieces.append("")  # incomplete character: wait for the token that finishes it
+            continue
+        pieces.append(full[len(before) :] if full.startswith(before) else full)
+        start = i + 1
+    return pieces
+
+
+def _r(x: float | None) -> float | None:
+    return None if x is None else round(float(x), _DIGITS)
+
+
+def rollout_record(
+    *,
+    step: int,
+    kind: str,
+    prompt_id: str,
+    modality: str,
+    sample: int,
+    prompt_text: str,
+    spoken_text: str | None,
+    audio_path: str | None,
+    variant: str | None,
+    token_ids: Sequence[int],
+    student_lp: Sequence[float],
+    teacher_lp: Sequence[float],
+    advantage: Sequence[float],
+    sampler_lp: Sequence[float] | None,
+    finished: bool,
+    tokenizer: Any,
+    topk_ids: Sequence[Sequence[int]] | None = None,
+    topk_lp: Sequence[Sequence[float]] | None = None,
+) -> dict[str, Any]:
+    """One rollout-log line (see the module docstring for every field)."""
+    t = len(token_ids)
+    for name, seq in (("student_lp", student_lp), ("teacher_lp", teacher_lp), ("advantage", advantage)):
+        if len(seq) != t:
+            raise ValueError(f"rollout record {prompt_id!r}: {name} has {len(seq)} values for {t} tokens")
+    pieces = token_pieces(tokenizer, token_ids)
+    tokens: dict[str, Any] = {
+        "id": [int(i) for i in token_ids],
+        "piece": pieces,
+        "student_lp": [_r(x) for x in student_lp],
+        "teacher_lp": [_r(x) for x in teacher_lp],
+        "sampler_lp": [_r(x) for x in sampler_lp] if sampler_lp is not None else None,
+        "advantage": [_r(x) for x in advantage],
+    }
+    if topk_ids is not None and topk_lp is not None and len(topk_ids) and len(topk_ids[0]):
+        tokens["teacher_topk"] = {
+            "id": [[int(i) for i in row] for row in topk_ids],
+            "piece": [
+                [tokenizer.decode([int(i)], skip_special_tokens=False) for i in row] for row in topk_ids
+            ],
+            "lp": [[_r(x) for x in row] for row in topk_lp],
+        }
+    kl = sum(float(s) - float(q) for s, q in zip(student_lp, teacher_lp, strict=True)) / t if t else 0.0
+    return {
+        "schema": SCHEMA_VERSION,
+        "step": int(step),
+        "kind": kind,
+        "prompt_id": prompt_id,
+        "modality": modality,
+        "sample": int(sample),
+        "prompt_text": prompt_text,
+        "spoken_text": spoken_text,
+        "audio_path": audio_path,
+        "variant": variant,
+        "completion": "".join(pieces),
+        "finished": bool(finished),
+        "num_tokens": t,
+        "reverse_kl": _r(kl),
+        "tokens": tokens,
+    }

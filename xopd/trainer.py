@@ -1,0 +1,823 @@
+"""The X-OPD training loop (arXiv 2603.24596) and its baselines, on the same prompts and budget.
+
+:func:`train` is the loop, top to bottom. Each step draws a batch of paired prompts (text T, speech S) and,
+for ``loss.kind: xopd`` (the default), samples ``n`` rollouts from the current student on S (cross-modal) and
+``n`` on T (in-modal); the teacher reads its own chat-formatted T followed by the same completion ids and
+scores every sampled token; the detached advantage ``A_t = log pi_T - log pi_S`` drives the
+importance-weighted policy gradient of each modality (:func:`xopd.losses.xopd_policy_loss`), combined as
+``lam * L_im + (1 - lam) * L_cm`` (:func:`xopd.losses.xopd_loss`). Micro-batches of
+``optim.micro_batch_prompts`` prompts are backpropagated one after the other with the *global* rollout (or
+token) count as denominator, so the accumulated gradient is the full batch's (TRL #4719). Then gradient
+clipping, AdamW and the LR schedule. A non-finite loss or gradient norm skips the update (reported on the
+metrics line and in ``metrics.jsonl``) and training goes on.
+
+Baselines (``loss.kind``): ``sft`` -- cross-entropy on the reference answers, after the speech and the text
+prompt alike; ``offline_kd`` -- the same on answers the teacher samples from the text prompt (sequence-level
+KD); ``gkd`` -- generalized JSD(beta) (``beta: 0`` = forward KL, the paper's GKD baseline) over the full
+vocabulary on the student's own rollouts, computed chunked from hidden states.
+
+Outputs under ``output_dir``: ``metrics.jsonl`` (one line per step), ``rollouts.jsonl`` (schema in
+:mod:`xopd.rolloutlog`), ``eval.jsonl`` (held-out teacher-student reverse KL per modality), ``checkpoints/
+step-NNNNNN/`` (written atomically: ``model.safetensors`` with the trained weights, ``trainer_state.pt`` with
+optimizer, scheduler, RNG states of python/numpy/torch, data position and step, ``config.yaml``,
+``state.json``), ``final/`` (a model directory that ``from_pretrained`` and ``xopd-eval`` load) and
+``summary.json``. A run restarted on the same ``output_dir`` resumes from its latest checkpoint exactly: same
+losses, same samples.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import re
+import shutil
+import sys
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+from torch import Tensor
+
+from xopd import losses
+from xopd.config import ConfigError, RunConfig, incompatible_changes, to_dict, to_yaml
+from xopd.data import Draw, PairStream, PromptPair, load_eval_pairs, load_train_pairs, speech_audio
+from xopd.models import (
+    ModelAdapter,
+    Prompt,
+    check_pair,
+    export_pretrained,
+    head_scores,
+    load_student,
+    load_teacher,
+    load_trainable_state,
+    trainable_state,
+)
+from xopd.paths import atomic_dir, atomic_write_text
+from xopd.rollout import RolloutEngine, Rollouts, SamplingParams, make_engine
+from xopd.rolloutlog import StepLog, rollout_record
+
+TEXT, SPEECH = "text", "speech"
+
+
+class ResumeError(ValueError):
+    """The output directory or checkpoint cannot be resumed as configured; the message says why."""
+
+
+EvalHook = Callable[[int, ModelAdapter], dict[str, Any]]
+
+
+def train(cfg: RunConfig, *, eval_hooks: Sequence[EvalHook] = ()) -> dict[str, Any]:
+    """Run (or resume) the training described by ``cfg``; returns the summary also written to summary.json."""
+    # models, vocabulary check, data, optimizer, schedule, logs; restores the latest checkpoint
+    run = setup(cfg)
+    bar = progress_bar(run)
+    if run.step == 0 and cfg.eval.at_start:
+        evaluate(run, 0, eval_hooks)
+    for step in range(run.step + 1, cfg.schedule.steps + 1):
+        started = time.perf_counter()
+        # a batch of paired prompts (T, S)
+        draws = run.stream.next_batch(cfg.schedule.batch_prompts)
+        # n rollouts on S and n on T from the current student (baselines: their targets)
+        batch = make_batch(run, draws)
+        # teacher log-probs -> advantages -> modality losses -> lam -> backward -> clip -> AdamW -> schedule
+        result = update(run, batch, step)
+        # metrics line, metrics.jsonl, rollout log
+        report(run, step, batch, result, time.perf_counter() - started, bar)
+        last = step == cfg.schedule.steps
+        if (cfg.eval.every and step % cfg.eval.every == 0) or (last and cfg.eval.at_end):
+            evaluate(run, step, eval_hooks)
+        if (cfg.checkpoint.every and step % cfg.checkpoint.every == 0) or last:
+            save_checkpoint(run, step)
+        run.step = step
+    bar.close()
+    return finish(run)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# setup and resume
+# ------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Run:
+    cfg: RunConfig
+    out: Path
+    student: ModelAdapter
+    teacher: ModelAdapter
+    vocab_size: int  # the shared output vocabulary [0, V)
+    engine: RolloutEngine  # samples from the student
+    teacher_engine: RolloutEngine | None  # offline_kd: samples from the teacher
+    stream: PairStream
+    eval_pairs: list[PromptPair]
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    logs: dict[str, StepLog]
+    step: int = 0
+    skipped: list[int] = field(default_factory=list)
+    last_metrics: dict[str, Any] = field(default_factory=dict)
+    last_eval: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def modalities(self) -> list[str]:
+        return active_modalities(self.cfg)
+
+
+def active_modalities(cfg: RunConfig) -> list[str]:
+    """Modalities with a non-zero weight: text (lam), speech (1 - lam); a zero-weight one is not sampled."""
+    return [m for m, w in ((TEXT, cfg.loss.lam), (SPEECH, 1.0 - cfg.loss.lam)) if w > 0]
+
+
+def setup(cfg: RunConfig) -> Run:
+    out = Path(cfg.output_dir)
+    resume_from = find_resume(cfg, out)
+    seed_everything(cfg.seed)  # before loading: LoRA's initialisation draws from torch's RNG
+    student, teacher = load_student(cfg.models), load_teacher(cfg.models)
+    if SPEECH in active_modalities(cfg) and not student.is_speech:
+        raise ConfigError(
+            f"student {cfg.models.student!r} is a text LLM; set loss.lam=1 to train on text only"
+        )
+    vocab = check_pair(student, teacher)
+    teacher.eos_ids = student.eos_ids  # one stopping rule for both samplers: every EOS id of either model
+    banned = student.multimodal_token_ids()  # never sampled, by the student or (offline_kd) the teacher
+    engine = make_engine(
+        cfg.rollout.engine, student, vocab_size=vocab, batch_size=cfg.rollout.batch_size, banned_ids=banned
+    )
+    teacher_engine = (
+        make_engine("hf", teacher, vocab_size=vocab, batch_size=cfg.rollout.batch_size, banned_ids=banned)
+        if cfg.loss.kind == "offline_kd"
+        else None
+    )
+    stream = PairStream(
+        load_train_pairs(cfg.data, cfg.seed),
+        seed=cfg.seed,
+        shuffle=cfg.data.shuffle,
+        variants=cfg.data.variants,
+    )
+    eval_pairs = load_eval_pairs(cfg) if (cfg.eval.every or cfg.eval.at_start or cfg.eval.at_end) else []
+    params = [p for _, p in student.trainable_parameters()]
+    optimizer = torch.optim.AdamW(
+        params,
+        lr=cfg.optim.lr,
+        betas=tuple(cfg.optim.betas),
+        eps=cfg.optim.eps,
+        weight_decay=cfg.optim.weight_decay,
+    )
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg))
+    logs = {name: StepLog(out / f"{name}.jsonl") for name in ("metrics", "rollouts", "eval")}
+    run = Run(
+        cfg,
+        out,
+        student,
+        teacher,
+        vocab,
+        engine,
+        teacher_engine,
+        stream,
+        eval_pairs,
+        optimizer,
+        scheduler,
+        logs,
+    )
+    if resume_from is not None:
+        restore_checkpoint(run, resume_from)
+    else:
+        for log in logs.values():
+            log.truncate_to(0, 0)  # a run that died before its first checkpoint starts over cleanly
+    atomic_write_text(out / "config.yaml", to_yaml(cfg))
+    say(
+        f"xopd-train: {cfg.loss.kind} | student {cfg.models.student} | teacher {cfg.models.teacher} | "
+        f"shared vocab {vocab} | {len(stream.pairs)} train pairs, {len(eval_pairs)} held-out | "
+        f"{'resumed at step ' + str(run.step) if resume_from else 'fresh start'} | output {out}"
+    )
+    return run
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)  # also seeds every CUDA device
+
+
+def lr_lambda(cfg: RunConfig) -> Callable[[int], float]:
+    """LR multiplier after ``u`` scheduler steps: linear warmup, then constant / linear / cosine decay."""
+    s = cfg.schedule
+
+    def f(u: int) -> float:
+        if u < s.warmup_steps:
+            return (u + 1) / s.warmup_steps
+        progress = min(1.0, (u - s.warmup_steps) / max(1, s.steps - s.warmup_steps))
+        if s.scheduler == "linear":
+            return 1.0 - (1.0 - s.min_lr_ratio) * progress
+        if s.scheduler == "cosine":
+            return s.min_lr_ratio + (1.0 - s.min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+        return 1.0
+
+    return f
+
+
+def checkpoint_dirs(out: Path) -> list[Path]:
+    """Complete checkpoints (atomic_dir only ever shows finished ones), oldest first."""
+    root = out / "checkpoints"
+    if not root.is_dir():
+        return []
+    found = [d for d in root.iterdir() if re.fullmatch(r"step-\d+", d.name) and (d / "state.json").is_file()]
+    return sorted(found, key=lambda d: int(d.name.split("-")[1]))
+
+
+def find_resume(cfg: RunConfig, out: Path) -> Path | None:
+    mode = cfg.checkpoint.resume
+    existing = checkpoint_dirs(out)
+    if mode == "auto":
+        return existing[-1] if existing else None
+    if mode == "never":
+        if existing:
+            raise ResumeError(
+                f"{out} already holds checkpoints ({existing[-1].name}); with checkpoint.resume=never pick a "
+                "new output_dir, or resume with checkpoint.resume=auto"
+            )
+        return None
+    path = Path(mode)
+    if not (path / "state.json").is_file():
+        raise ResumeError(f"checkpoint.resume={mode!r}: not a checkpoint directory (no state.json)")
+    return path
+
+
+def rng_state() -> dict[str, Any]:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_checkpoint(run: Run, step: int) -> Path:
+    """Write ``checkpoints/step-NNNNNN`` atomically, then drop all but the last ``keep_last``."""
+    from safetensors.torch import save_file
+
+    target = run.out / "checkpoints" / f"step-{step:06d}"
+    with atomic_dir(target) as tmp:
+        save_file(trainable_state(run.student), str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        torch.save(
+            {
+                "step": step,
+                "optimizer": run.optimizer.state_dict(),
+                "scheduler": run.scheduler.state_dict(),
+                "rng": rng_state(),
+                "data": run.stream.state_dict(),
+                "log_sizes": {name: log.size() for name, log in run.logs.items()},
+                "skipped": list(run.skipped),
+            },
+            tmp / "trainer_state.pt",
+        )
+        (tmp / "config.yaml").write_text(to_yaml(run.cfg))
+        state = {
+            "step": step,
+            "data": run.stream.state_dict(),
+            "metrics": run.last_metrics,
+            "eval": run.last_eval,
+        }
+        (tmp / "state.json").write_text(json.dumps(state, indent=2, default=float) + "\n")
+        _readable(tmp)
+    for old in checkpoint_dirs(run.out)[: -run.cfg.checkpoint.keep_last]:
+        shutil.rmtree(old, ignore_errors=True)
+    return target
+
+
+def _readable(folder: Path) -> None:
+    """safetensors writes 0600 files; checkpoints and exports should be readable like any other file."""
+    umask = os.umask(0)
+    os.umask(umask)
+    for f in folder.iterdir():
+        if f.is_file():
+            f.chmod(0o666 & ~umask)
+
+
+def restore_checkpoint(run: Run, path: Path) -> None:
+    """Load weights, optimizer, scheduler, RNG states, data position; cut the logs back to the checkpoint."""
+    from safetensors.torch import load_file
+
+    saved_cfg = yaml.safe_load((path / "config.yaml").read_text())
+    changed = incompatible_changes(saved_cfg, run.cfg)
+    if changed:
+        raise ResumeError(
+            f"cannot resume from {path}: the config differs in {', '.join(changed)} (only schedule.steps, "
+            "checkpoint.*, logging.*, eval.* and rollout.batch_size may change); use a new output_dir"
+        )
+    load_trainable_state(run.student, load_file(str(path / "model.safetensors")))
+    state = torch.load(path / "trainer_state.pt", map_location="cpu", weights_only=False)
+    run.optimizer.load_state_dict(state["optimizer"])
+    run.scheduler.load_state_dict(state["scheduler"])
+    run.stream.load_state_dict(state["data"])
+    set_rng_state(state["rng"])
+    run.step = int(state["step"])
+    run.skipped = list(state.get("skipped", []))
+    for name, log in run.logs.items():
+        log.truncate_to(run.step, state["log_sizes"].get(name))
+
+
+# ------------------------------------------------------------------------------------------------------------
+# one step: the batch, the update
+# ------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ModalityBatch:
+    """What one modality trains on this step: per-draw prompts and the sequences (rows -> draw index)."""
+
+    modality: str
+    student_prompts: list[Prompt]
+    teacher_prompts: list[Prompt]
+    seqs: Rollouts
+    audio_paths: list[str | None]
+    sampled_by_student: bool  # True: seqs.sampler_logprobs are the student sampler's (the importance ratio's)
+
+
+@dataclass
+class Batch:
+    draws: list[Draw]
+    parts: dict[str, ModalityBatch]
+    sampled_tokens: int  # tokens generated this step (student and teacher samplers)
+
+
+def sampling(cfg: RunConfig) -> SamplingParams:
+    r = cfg.rollout
+    return SamplingParams(n=r.n, max_new_tokens=r.max_new_tokens, temperature=r.temperature, top_p=r.top_p)
+
+
+def student_prompts(run: Run, draws: Sequence[Draw], modality: str) -> tuple[list[Prompt], list[str | None]]:
+    system = run.cfg.data.system_prompt
+    if modality == TEXT:
+        return [run.student.text_prompt(d.pair.text, system) for d in draws], [None] * len(draws)
+    prompts, paths = [], []
+    for d in draws:
+        audio, path = speech_audio(d.pair, d.variant)
+        prompts.append(run.student.speech_prompt(audio, d.pair.instruction, system))
+        paths.append(path)
+    return prompts, paths
+
+
+def reference_rollouts(run: Run, draws: Sequence[Draw]) -> Rollouts:
+    """The SFT targets: reference answers as completion ids (answer text + the student's end-of-turn id)."""
+    rows = []
+    for d in draws:
+        if d.pair.answer is None or not str(d.pair.answer).strip():
+            raise ConfigError(f"loss.kind=sft needs reference answers; prompt {d.pair.id!r} has none")
+        ids = run.student.tokenizer(str(d.pair.answer), add_special_tokens=False)["input_ids"]
+        rows.append([int(i) for i in ids] + [run.student.eos_ids[0]])
+    t = max(len(r) for r in rows)
+    ids = torch.tensor([r + [0] * (t - len(r)) for r in rows], dtype=torch.long)
+    mask = torch.tensor([[1] * len(r) + [0] * (t - len(r)) for r in rows], dtype=torch.bool)
+    if int(ids.max()) >= run.vocab_size:
+        raise ValueError(
+            f"a reference answer tokenizes to ids outside the shared vocabulary [0, {run.vocab_size})"
+        )
+    return Rollouts(torch.arange(len(rows)), ids, mask, torch.zeros(ids.shape))
+
+
+def make_batch(run: Run, draws: list[Draw]) -> Batch:
+    kind = run.cfg.loss.kind
+    teacher_prompts = [run.teacher.text_prompt(d.pair.text, run.cfg.data.system_prompt) for d in draws]
+    shared: Rollouts | None = None
+    sampled = 0
+    if kind == "sft":
+        shared = reference_rollouts(run, draws)
+    elif kind == "offline_kd":
+        shared = run.teacher_engine.generate(teacher_prompts, sampling(run.cfg))
+        sampled += int(shared.mask.sum())
+    parts = {}
+    for m in run.modalities:
+        prompts, paths = student_prompts(run, draws, m)
+        seqs = shared if shared is not None else run.engine.generate(prompts, sampling(run.cfg))
+        if shared is None:
+            sampled += int(seqs.mask.sum())
+        parts[m] = ModalityBatch(m, prompts, teacher_prompts, seqs, paths, sampled_by_student=shared is None)
+    return Batch(draws, parts, sampled)
+
+
+@dataclass
+class TokenStats:
+    """Per-row, per-token values of one micro-batch of one modality, for metrics and the rollout log."""
+
+    rows: list[int]
+    mask: Tensor
+    student_lp: Tensor
+    teacher_lp: Tensor
+    advantage: Tensor
+    topk_ids: Tensor
+    topk_lp: Tensor
+
+
+@dataclass
+class StepResult:
+    loss: float
+    modality_loss: dict[str, float]
+    grad_norm: float
+    lr: float
+    skipped: bool
+    stats: dict[str, list[TokenStats]]
+
+
+def update(run: Run, batch: Batch, step: int) -> StepResult:
+    """Micro-batches of prompts: both modalities' losses, combined with lam, backpropagated; one update."""
+    cfg = run.cfg
+    params = [p for _, p in run.student.trainable_parameters()]
+    run.optimizer.zero_grad(set_to_none=True)
+    totals = {
+        m: {"sequences": len(batch.parts[m].seqs), "tokens": int(batch.parts[m].seqs.mask.sum())}
+        for m in run.modalities
+    }
+    stats: dict[str, list[TokenStats]] = {m: [] for m in run.modalities}
+    loss_sum, mod_sum = 0.0, {m: 0.0 for m in run.modalities}
+    size = cfg.optim.micro_batch_prompts
+    for start in range(0, len(batch.draws), size):
+        group = set(range(start, min(start + size, len(batch.draws))))
+        mod_losses: dict[str, Tensor] = {}
+        for m in run.modalities:
+            part = batch.parts[m]
+            rows = [r for r, i in enumerate(part.seqs.prompt_index.tolist()) if i in group]
+            mod_losses[m], st = modality_loss(run, part, rows, totals[m])
+            stats[m].append(st)
+            mod_sum[m] += float(mod_losses[m].detach())
+        loss = losses.xopd_loss(mod_losses.get(TEXT), mod_losses.get(SPEECH), lam=cfg.loss.lam)
+        if step in cfg.debug.nan_loss_steps:
+            # debug.nan_loss_steps: exercise the skip path with a real NaN gradient
+            loss = loss * float("nan")
+        loss.backward()
+        loss_sum += float(loss.detach())
+    max_norm = cfg.optim.max_grad_norm if cfg.optim.max_grad_norm is not None else float("inf")
+    grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm))
+    lr = run.optimizer.param_groups[0]["lr"]  # the rate this step used (before the schedule moves on)
+    skipped = not (math.isfinite(loss_sum) and math.isfinite(grad_norm))
+    if not skipped:
+        run.optimizer.step()
+        run.engine.sync_weights()
+    run.optimizer.zero_grad(set_to_none=True)
+    with warnings.catch_warnings():  # after a skipped first step torch warns that the scheduler ran first
+        warnings.simplefilter("ignore", UserWarning)
+        run.scheduler.step()  # the schedule follows the step count, skipped steps included
+    return StepResult(loss_sum, mod_sum, grad_norm, lr, skipped, stats)
+
+
+def modality_loss(
+    run: Run, part: ModalityBatch, rows: list[int], totals: dict[str, int]
+) -> tuple[Tensor, TokenStats]:
+    """One modality's loss on this micro-batch (normalised by the step's global counts) + its token stats."""
+    cfg, lc = run.cfg, run.cfg.loss
+    sub = part.seqs.select(rows)
+    index = sub.prompt_index.tolist()
+    s_prompts = [part.student_prompts[i] for i in index]
+    t_prompts = [part.teacher_prompts[i] for i in index]
+    ids, mask = sub.ids, sub.mask
+    with torch.no_grad():
+        t_hidden = run.teacher.completion_hidden(t_prompts, ids, mask)
+    dev = t_hidden.device
+    ids_d, mask_d = ids.to(dev), mask.to(dev)
+    t = head_scores(
+        t_hidden,
+        *run.teacher.head,
+        ids_d,
+        mask_d,
+        vocab_size=run.vocab_size,
+        topk=cfg.logging.topk,
+        chunk_size=cfg.models.chunk_size,
+    )
+    s_hidden = run.student.completion_hidden(s_prompts, ids, mask)
+    s_w, s_b = run.student.head
+    norm = (
+        {"num_sequences": totals["sequences"]}
+        if lc.normalize == "sequence"
+        else {"num_tokens": totals["tokens"]}
+    )
+    if lc.kind == "gkd":
+        t_w, t_b = run.teacher.head
+        div = losses.chunked_divergence(
+            lc.divergence,
+            s_hidden,
+            s_w,
+            t_hidden,
+            t_w,
+            mask_d,
+            vocab_size=run.vocab_size,
+            chunk_size=cfg.models.chunk_size,
+            student_bias=s_b,
+            teacher_bias=t_b,
+            beta=lc.beta,
+            k=lc.topk,
+        )
+        loss = losses.masked_mean(div, mask_d, normalize=lc.normalize, **norm)
+        with torch.no_grad():
+            s_lp = losses.token_logprobs(
+                s_hidden.detach(),
+                s_w,
+                ids_d,
+                mask_d,
+                bias=s_b,
+                vocab_size=run.vocab_size,
+                chunk_size=cfg.models.chunk_size,
+            )
+        adv = losses.xopd_advantage(t.logprobs, s_lp, mask_d)
+    else:
+        s_lp = losses.token_logprobs(
+            s_hidden,
+            s_w,
+            ids_d,
+            mask_d,
+            bias=s_b,
+            vocab_size=run.vocab_size,
+            chunk_size=cfg.models.chunk_size,
+        )
+        if lc.kind == "xopd":
+            if lc.reward == "power":
+                adv = losses.power_opd_reward(t.logprobs, s_lp, mask_d, alpha=lc.power_alpha)
+            else:
+                adv = losses.xopd_advantage(t.logprobs, s_lp, mask_d)
+            old = sub.sampler_logprobs.to(dev) if part.sampled_by_student else None
+            loss, _ = losses.xopd_policy_loss(
+                s_lp, old, adv, mask_d, clip_eps=lc.clip_eps, normalize=lc.normalize, **norm
+            )
+        else:  # sft / offline_kd: cross-entropy on the target ids (losses.sft_loss on the same log-probs)
+            loss = -losses.masked_mean(s_lp, mask_d, normalize=lc.normalize, **norm)
+            adv = losses.xopd_advantage(t.logprobs, s_lp, mask_d)
+    st = TokenStats(
+        rows,
+        mask.cpu(),
+        s_lp.detach().cpu(),
+        t.logprobs.cpu(),
+        adv.detach().cpu(),
+        t.topk_ids.cpu(),
+        t.topk_logprobs.cpu(),
+    )
+    return loss, st
+
+
+# ------------------------------------------------------------------------------------------------------------
+# reporting: metrics line, metrics.jsonl, rollout log
+# ------------------------------------------------------------------------------------------------------------
+
+
+def say(message: str) -> None:
+    from tqdm.auto import tqdm
+
+    tqdm.write(message, file=sys.stderr)
+
+
+def progress_bar(run: Run) -> Any:
+    from tqdm.auto import tqdm
+
+    return tqdm(
+        total=run.cfg.schedule.steps,
+        initial=run.step,
+        desc="xopd-train",
+        unit="step",
+        disable=not run.cfg.logging.progress,
+        file=sys.stderr,
+        dynamic_ncols=True,
+    )
+
+
+def modality_kl(stats: list[TokenStats]) -> float:
+    """Token mean of ``student_lp - teacher_lp``: the sampled-token reverse-KL estimate (-mean advantage)."""
+    num = sum(float(((s.student_lp - s.teacher_lp) * s.mask).sum()) for s in stats)
+    den = sum(int(s.mask.sum()) for s in stats)
+    return num / den if den else float("nan")
+
+
+def report(run: Run, step: int, batch: Batch, result: StepResult, seconds: float, bar: Any) -> None:
+    cfg = run.cfg
+    metrics: dict[str, Any] = {
+        "step": step,
+        "loss": result.loss,
+        "grad_norm": result.grad_norm,
+        "lr": result.lr,
+        "skipped": result.skipped,
+        "seconds": round(seconds, 3),
+        # completion tokens trained on (both modalities) per second of the whole step, sampling included
+        "tokens_per_s": sum(int(p.seqs.mask.sum()) for p in batch.parts.values()) / max(seconds, 1e-9),
+        "sampled_tokens": batch.sampled_tokens,
+    }
+    for m in run.modalities:
+        part = batch.parts[m]
+        metrics[f"kl_{m}"] = modality_kl(result.stats[m])
+        metrics[f"loss_{m}"] = result.modality_loss[m]
+        metrics[f"len_{m}"] = float(part.seqs.lengths.float().mean())
+        metrics[f"eos_rate_{m}"] = float(part.seqs.finished(run.student.eos_ids).float().mean())
+    if result.skipped:
+        run.skipped.append(step)
+    run.last_metrics = metrics
+    run.logs["metrics"].append([metrics])
+    if cfg.logging.rollout_log and step % cfg.logging.rollout_log_every == 0:
+        run.logs["rollouts"].append(rollout_records(run, step, batch, result))
+    kl = " | ".join(f"kl_{m} {metrics[f'kl_{m}']:.4f}" for m in run.modalities)
+    line = (
+        f"step {step}/{cfg.schedule.steps} | loss {result.loss:.4f} | {kl}"
+        f" | tok/s {metrics['tokens_per_s']:.1f}"
+        f" | lr {metrics['lr']:.2e} | gnorm {result.grad_norm:.3g}"
+    )
+    if result.skipped:
+        line += " | SKIPPED: non-finite loss or gradient, no update"
+    say(line)
+    bar.update(1)
+
+
+def rollout_records(run: Run, step: int, batch: Batch, result: StepResult) -> list[dict[str, Any]]:
+    records = []
+    cap = run.cfg.logging.max_rollouts_per_step
+    for m in run.modalities:
+        part = batch.parts[m]
+        index = part.seqs.prompt_index.tolist()
+        seen: dict[int, int] = {}
+        sample_no = []
+        for i in index:  # the k-th row of a prompt is its sample k
+            sample_no.append(seen.get(i, 0))
+            seen[i] = sample_no[-1] + 1
+        finished = part.seqs.finished(run.student.eos_ids).tolist()
+        for st in result.stats[m]:
+            for j, r in enumerate(st.rows):
+                if cap is not None and len(records) >= cap:
+                    return records
+                t = int(part.seqs.mask[r].sum())
+                d = batch.draws[index[r]]
+                records.append(
+                    rollout_record(
+                        step=step,
+                        kind=run.cfg.loss.kind,
+                        prompt_id=d.pair.id,
+                        modality=m,
+                        sample=sample_no[r],
+                        prompt_text=d.pair.text,
+                        spoken_text=d.pair.spoken if m == SPEECH else None,
+                        audio_path=part.audio_paths[index[r]],
+                        variant=d.variant if m == SPEECH else None,
+                        token_ids=part.seqs.ids[r, :t].tolist(),
+                        student_lp=st.student_lp[j, :t].tolist(),
+                        teacher_lp=st.teacher_lp[j, :t].tolist(),
+                        advantage=st.advantage[j, :t].tolist(),
+                        sampler_lp=part.seqs.sampler_logprobs[r, :t].tolist()
+                        if part.sampled_by_student
+                        else None,
+                        finished=finished[r],
+                        tokenizer=run.student.tokenizer,
+                        topk_ids=st.topk_ids[j, :t].tolist(),
+                        topk_lp=st.topk_lp[j, :t].tolist(),
+                    )
+                )
+    return records
+
+
+# ------------------------------------------------------------------------------------------------------------
+# evaluation: held-out teacher-student reverse KL
+# ------------------------------------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def heldout_reverse_kl(
+    student: ModelAdapter,
+    teacher: ModelAdapter,
+    pairs: Sequence[PromptPair],
+    *,
+    vocab_size: int,
+    modalities: Sequence[str] = (TEXT, SPEECH),
+    n: int = 1,
+    max_new_tokens: int = 64,
+    temperature: float = 1.0,
+    seed: int = 1234,
+    batch_size: int = 16,
+    system: str | None = None,
+    variant: str = "clean",
+) -> dict[str, float]:
+    """Mean teacher-student reverse KL on held-out pairs, per modality, on the student's own samples.
+
+    ``kl_<m>``: exact full-vocabulary KL(pi_S || pi_T) per position (chunked), averaged over all sampled
+    tokens; ``kl_sampled_<m>``: the sampled-token estimate (mean of ``lp_S - lp_T``); ``len_<m>``;
+    ``kl_mean``: the mean of ``kl_<m>`` over modalities. Samples come from a forked RNG seeded with ``seed``:
+    every call draws the same way for the same weights, and the caller's RNG stream is left as it was.
+    """
+    engine = make_engine(
+        "hf", student, vocab_size=vocab_size, batch_size=batch_size, banned_ids=student.multimodal_token_ids()
+    )
+    params = SamplingParams(n=n, max_new_tokens=max_new_tokens, temperature=temperature)
+    out: dict[str, float] = {}
+    devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        for m in modalities:
+            t_prompts = [teacher.text_prompt(p.text, system) for p in pairs]
+            if m == TEXT:
+                s_prompts = [student.text_prompt(p.text, system) for p in pairs]
+            else:
+                s_prompts = [
+                    student.speech_prompt(speech_audio(p, variant)[0], p.instruction, system) for p in pairs
+                ]
+            rolls = engine.generate(s_prompts, params)
+            kl_sum = lp_sum = 0.0
+            for start in range(0, len(rolls), batch_size):
+                sub = rolls.select(range(start, min(start + batch_size, len(rolls))))
+                idx = sub.prompt_index.tolist()
+                s_h = student.completion_hidden([s_prompts[i] for i in idx], sub.ids, sub.mask)
+                t_h = teacher.completion_hidden([t_prompts[i] for i in idx], sub.ids, sub.mask)
+                mask = sub.mask.to(s_h.device)
+                (s_w, s_b), (t_w, t_b) = student.head, teacher.head
+                kl = losses.reverse_kl_full(
+                    s_h,
+                    s_w,
+                    t_h.to(s_h.device),
+                    t_w,
+                    mask,
+                    vocab_size=vocab_size,
+                    student_bias=s_b,
+                    teacher_bias=t_b,
+                    chunk_size=student.chunk_size,
+                )
+                ids = sub.ids.to(s_h.device)
+                s_lp = losses.token_logprobs(s_h, s_w, ids, mask, bias=s_b, vocab_size=vocab_size)
+                t_lp = losses.token_logprobs(
+                    t_h.to(s_h.device), t_w, ids, mask, bias=t_b, vocab_size=vocab_size
+                )
+                kl_sum += float(kl.sum())
+                lp_sum += float((s_lp - t_lp).sum())
+            tokens = max(1, int(rolls.mask.sum()))
+            out[f"kl_{m}"] = kl_sum / tokens
+            out[f"kl_sampled_{m}"] = lp_sum / tokens
+            out[f"len_{m}"] = float(rolls.lengths.float().mean())
+    out["kl_mean"] = sum(out[f"kl_{m}"] for m in modalities) / len(modalities)
+    return out
+
+
+def evaluate(run: Run, step: int, hooks: Sequence[EvalHook] = ()) -> dict[str, Any]:
+    """The eval hook: held-out reverse KL (both modalities), then extra hooks (e.g. an xopd-eval task run)."""
+    cfg = run.cfg
+    if not run.eval_pairs and not hooks:
+        return {}
+    record: dict[str, Any] = {"step": step}
+    if run.eval_pairs:
+        modalities = [TEXT, SPEECH] if run.student.is_speech else [TEXT]
+        record.update(
+            heldout_reverse_kl(
+                run.student,
+                run.teacher,
+                run.eval_pairs,
+                vocab_size=run.vocab_size,
+                modalities=modalities,
+                n=cfg.eval.n,
+                max_new_tokens=cfg.eval.max_new_tokens or cfg.rollout.max_new_tokens,
+                temperature=cfg.eval.temperature,
+                seed=cfg.eval.seed,
+                batch_size=cfg.rollout.batch_size,
+                system=cfg.data.system_prompt,
+                variant=cfg.data.variants[0],
+            )
+        )
+    for hook in hooks:
+        record.update(hook(step, run.student))
+    run.last_eval = record
+    run.logs["eval"].append([record])
+    shown = " | ".join(
+        f"{k} {v:.4f}" for k, v in record.items() if k.startswith("kl_") and isinstance(v, float)
+    )
+    say(f"eval step {step} | {shown}")
+    return record
+
+
+# ------------------------------------------------------------------------------------------------------------
+# the end
+# ------------------------------------------------------------------------------------------------------------
+
+
+def finish(run: Run) -> dict[str, Any]:
+    cfg = run.cfg
+    final = None
+    if cfg.checkpoint.export_final:
+        with atomic_dir(run.out / "final") as tmp:
+            export_pretrained(run.student, tmp)
+            (tmp / "xopd_train.json").write_text(
+                json.dumps({"step": run.step, "config": to_dict(cfg)}, indent=2)
+            )
+            _readable(tmp)
+        final = str(run.out / "final")
+    summary = {
+        "steps": run.step,
+        "skipped_steps": run.skipped,
+        "last_metrics": run.last_metrics,
+        "last_eval": run.last_eval,
+        "final_model": final,
+        "checkpoints": [str(d) for d in checkpoint_dirs(run.out)],
+        "logs": {name: str(log.path) for name, log in run.logs.items()},
+    }
+    atomic_write_text(run.out / "summary.json", json.dumps(summary, indent=2, default=float) + "\n")
+    say(f"xopd-train: done at step {run.step}; skipped steps {run.skipped or 'none'}; outputs in {run.out}")
+    return summary
