@@ -162,15 +162,10 @@ def render_speech(processor: Any, messages: list[dict[str, Any]], placeholder: s
 
 
 def eos_ids(generation_config: Any, tokenizer: Any) -> list[int]:
-    """Every end-of-sequence id: all of generation_config's (chat models list end-of-turn *and* end-of-text)
-    plus the tokenizer's, which vLLM also stops on."""
-    ids: list[int] = []
-    raw = getattr(generation_config, "eos_token_id", None) if generation_config is not None else None
-    for value in (raw if isinstance(raw, (list, tuple)) else [raw]) + [
-        getattr(tokenizer, "eos_token_id", None)
-    ]:
-        if value is not None and int(value) not in ids:
-            ids.append(int(value))
+    """Every end-of-sequence id (see :func:`xopd.models.eos_ids_of`; vLLM also stops on the tokenizer's)."""
+    from xopd.models import eos_ids_of
+
+    ids = eos_ids_of(generation_config, tokenizer)
     if not ids:
         raise RequestError("the model defines no end-of-sequence token (generation_config or tokenizer)")
     return ids
