@@ -56,13 +56,21 @@ class DataConfig:
 
 @dataclass
 class RolloutConfig:
-    # the rollout engine; "vllm" is designed for (xopd.rollout.RolloutEngine), not built yet
-    engine: Literal["hf"] = "hf"
+    # hf: transformers generate on the trained module; vllm: a colocated vLLM engine the student's weights
+    # are pushed into after every update (xopd.rollout_vllm)
+    engine: Literal["hf", "vllm"] = "hf"
     n: int = 2  # rollouts per prompt and modality
     max_new_tokens: int = 64
     temperature: float = 1.0
     top_p: float = 1.0
-    batch_size: int = 16  # sequences per generate() call
+    batch_size: int = 16  # sequences per generate() call (hf)
+    # Each prompt's n rollouts drawn from their own RNG seeded by (seed, step, prompt id, modality): samples
+    # then do not depend on batch composition or on how many processes share the batch. null: on when
+    # training runs in several processes (accelerate launch), off otherwise.
+    seed_per_prompt: bool | None = None
+    vllm_tensor_parallel_size: int = 1
+    vllm_gpu_memory_utilization: float = 0.3  # share of GPU memory the colocated engine may take
+    vllm_max_model_len: int | None = None  # default: the model's; lower it to save KV-cache memory
 
 
 @dataclass

@@ -12,10 +12,11 @@ lm_head rows, tokens only the student has) and the student's audio/image placeho
 sampling, so the teacher can score every sampled token and no completion smuggles in an audio slot. Sampling
 draws from torch's global RNG, which the trainer checkpoints, so a resumed run draws the same.
 
-A vLLM engine fits the same interface: ``generate`` with ``SamplingParams(logprobs=0)`` and
-``multi_modal_data`` for the audio, and ``sync_weights`` pushing the student's updated weights into the
-engine and resetting its prefix cache after each optimizer step. It is not built yet (``make_engine`` says
-so); the importance ratio with ``loss.clip_eps`` is already there for its sampler/trainer mismatch.
+:class:`xopd.rollout_vllm.VLLMRolloutEngine` fits the same interface with a colocated vLLM engine:
+``multi_modal_data`` for the audio, the sampler's log-probs from vLLM, and ``sync_weights`` pushing the
+student's updated weights into the engine and resetting its prefix cache after each optimizer step. Its
+sampler and the trainer's forward differ slightly in numerics; the importance ratio (``loss.clip_eps``)
+accounts for that.
 """
 
 from __future__ import annotations
@@ -184,14 +185,30 @@ class HFRolloutEngine(RolloutEngine):
 
 
 def make_engine(
-    name: str, adapter: ModelAdapter, *, vocab_size: int, batch_size: int, banned_ids: Sequence[int] = ()
+    name: str,
+    adapter: ModelAdapter,
+    *,
+    vocab_size: int,
+    batch_size: int,
+    banned_ids: Sequence[int] = (),
+    seed: int = 0,
+    tensor_parallel_size: int = 1,
+    gpu_memory_utilization: float = 0.3,
+    max_model_len: int | None = None,
 ) -> RolloutEngine:
     """The rollout engine ``name`` for ``adapter``: samples ids in ``[0, vocab_size)`` but ``banned_ids``."""
     if name == "hf":
         return HFRolloutEngine(adapter, vocab_size=vocab_size, batch_size=batch_size, banned_ids=banned_ids)
     if name == "vllm":
-        raise NotImplementedError(
-            "rollout.engine=vllm is designed for (xopd.rollout.RolloutEngine) but not built yet; "
-            "use rollout.engine=hf"
+        from xopd.rollout_vllm import VLLMRolloutEngine
+
+        return VLLMRolloutEngine(
+            adapter,
+            vocab_size=vocab_size,
+            banned_ids=banned_ids,
+            seed=seed,
+            tensor_parallel_size=tensor_parallel_size,
+            gpu_memory_utilization=gpu_memory_utilization,
+            max_model_len=max_model_len,
         )
-    raise ValueError(f"unknown rollout engine {name!r} (expected hf)")
+    raise ValueError(f"unknown rollout engine {name!r} (expected hf or vllm)")

@@ -13,7 +13,8 @@ write followed by fsync, after that step's optimizer update:
 ``sample``         index of this rollout among the prompt's samples in this modality (0 .. n-1)
 ``prompt_text``    the text version's user message (what the teacher always reads)
 ``spoken_text``    the words spoken in the speech version (speech rows; null for a recording / text rows)
-``audio_path``     the WAV the student heard (speech rows; null for text rows)
+``audio_path``     the WAV the student heard, copied into the output directory: a path relative to it,
+                   ``audio/<content hash>.wav`` (speech rows; null for text rows)
 ``variant``        TTS variant of that audio (speech rows), else null
 ``completion``     the decoded completion (special tokens kept, e.g. a final ``<|im_end|>``)
 ``finished``       true when the completion ended with an EOS id (false: cut by max_new_tokens)
@@ -44,11 +45,14 @@ neither duplicated nor missing steps. :class:`StepLog` does the same for ``metri
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
+
+from xopd.paths import atomic_write_bytes
 
 SCHEMA_VERSION = 1
 _DIGITS = 5
@@ -159,6 +163,23 @@ def token_pieces(tokenizer: Any, ids: Sequence[int]) -> list[str]:
         pieces.append(full[len(before) :] if full.startswith(before) else full)
         start = i + 1
     return pieces
+
+
+def copy_audio(out_dir: str | Path, path: str | None, done: dict[str, str] | None = None) -> str | None:
+    """Copy the WAV at ``path`` into ``out_dir/audio/<content hash>.wav`` and return that path relative to
+    ``out_dir`` (None for None): a log directory is self-contained, so an explorer confined to it can play
+    every spoken prompt. ``done`` memoises source path -> relative path across calls."""
+    if path is None:
+        return None
+    if done is not None and path in done:
+        return done[path]
+    data = Path(path).read_bytes()
+    rel = f"audio/{hashlib.sha256(data).hexdigest()[:20]}{Path(path).suffix or '.wav'}"
+    if not (Path(out_dir) / rel).exists():
+        atomic_write_bytes(Path(out_dir) / rel, data)
+    if done is not None:
+        done[path] = rel
+    return rel
 
 
 def _r(x: float | None) -> float | None:

@@ -62,7 +62,7 @@ from xopd.models import (
 )
 from xopd.paths import atomic_dir, atomic_write_text
 from xopd.rollout import RolloutEngine, Rollouts, SamplingParams, make_engine
-from xopd.rolloutlog import StepLog, rollout_record
+from xopd.rolloutlog import StepLog, copy_audio, rollout_record
 
 TEXT, SPEECH = "text", "speech"
 
@@ -124,6 +124,7 @@ class Run:
     skipped: list[int] = field(default_factory=list)
     last_metrics: dict[str, Any] = field(default_factory=dict)
     last_eval: dict[str, Any] = field(default_factory=dict)
+    audio_copies: dict[str, str] = field(default_factory=dict)  # TTS cache path -> copy under output_dir
 
     @property
     def modalities(self) -> list[str]:
@@ -147,8 +148,17 @@ def setup(cfg: RunConfig) -> Run:
     vocab = check_pair(student, teacher)
     teacher.eos_ids = student.eos_ids  # one stopping rule for both samplers: every EOS id of either model
     banned = student.multimodal_token_ids()  # never sampled, by the student or (offline_kd) the teacher
+    r = cfg.rollout
     engine = make_engine(
-        cfg.rollout.engine, student, vocab_size=vocab, batch_size=cfg.rollout.batch_size, banned_ids=banned
+        r.engine,
+        student,
+        vocab_size=vocab,
+        batch_size=r.batch_size,
+        banned_ids=banned,
+        seed=cfg.seed,
+        tensor_parallel_size=r.vllm_tensor_parallel_size,
+        gpu_memory_utilization=r.vllm_gpu_memory_utilization,
+        max_model_len=r.vllm_max_model_len,
     )
     teacher_engine = (
         make_engine("hf", teacher, vocab_size=vocab, batch_size=cfg.rollout.batch_size, banned_ids=banned)
@@ -661,7 +671,7 @@ def rollout_records(run: Run, step: int, batch: Batch, result: StepResult) -> li
                         sample=sample_no[r],
                         prompt_text=d.pair.text,
                         spoken_text=d.pair.spoken if m == SPEECH else None,
-                        audio_path=part.audio_paths[index[r]],
+                        audio_path=copy_audio(run.out, part.audio_paths[index[r]], run.audio_copies),
                         variant=d.variant if m == SPEECH else None,
                         token_ids=part.seqs.ids[r, :t].tolist(),
                         student_lp=st.student_lp[j, :t].tolist(),
