@@ -5,6 +5,7 @@
     xopd-eval forgetting --base B --model M
     xopd-eval gate --report new/report.json --baseline old/report.json --max-drop 0.02
     xopd-eval synth --tasks navigate --variants clean,noisy-10db --output speech-set/
+    xopd-eval divergence --model S --teacher T --tasks arithmetic --output DIR   # or --logdir RUN
 """
 
 from __future__ import annotations
@@ -237,6 +238,12 @@ def _cmd_smoke(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_divergence(args: argparse.Namespace) -> int:
+    from analysis.divergence import run
+
+    return run(args)
+
+
 def _add_run_args(p: argparse.ArgumentParser, *, output: str) -> None:
     p.add_argument("--tasks", default=DEFAULT_TASKS, help=f"comma-separated task names (default: {DEFAULT_TASKS})")
     p.add_argument("--limit", type=int, default=DEFAULT_LIMIT, help="items per task (test split)")
@@ -300,6 +307,12 @@ def build_parser() -> argparse.ArgumentParser:
     sm = sub.add_parser("smoke", help="run every zoo model once and report what it did")
     sm.add_argument("--output", default=None, help="folder for smoke.json")
     sm.set_defaults(fn=_cmd_smoke)
+
+    from analysis.divergence import add_arguments as divergence_arguments
+
+    dv = sub.add_parser("divergence", help="per-token teacher-student divergence of a student's rollouts")
+    divergence_arguments(dv)
+    dv.set_defaults(fn=_cmd_divergence)
     return p
 
 

@@ -334,7 +334,8 @@ def test_rollout_log_schema(nan_run):
         assert [len(x) for x in tok["teacher_topk"]["id"]] == [3] * t and len(tok["teacher_topk"]["lp"]) == t
         assert (r["audio_path"] is not None) == (r["modality"] == "speech")
         if r["modality"] == "speech":
-            assert Path(r["audio_path"]).is_file() and r["variant"] == "clean"
+            assert not Path(r["audio_path"]).is_absolute() and r["variant"] == "clean"
+            assert (out / r["audio_path"]).is_file()  # the log dir holds the audio it refers to
         mean_adv = sum(tok["advantage"]) / t
         assert r["reverse_kl"] == pytest.approx(-mean_adv, abs=1e-4)
         if (
@@ -381,6 +382,35 @@ def test_short_run_lowers_heldout_teacher_student_reverse_kl(tmp_path):
     assert first["kl_speech"] > 0.5
     assert last["kl_speech"] < 0.6 * first["kl_speech"]
     assert last["kl_mean"] < 0.6 * first["kl_mean"]
+
+
+def test_gap_eval_hook_writes_xopd_eval_reports_and_leaves_training_alone(tmp_path):
+    from evalsuite.reports import read_report
+
+    common = [
+        "schedule.steps=2",
+        "schedule.batch_prompts=2",
+        "rollout.max_new_tokens=6",
+        "eval.num_prompts=2",
+        "checkpoint.every=0",
+        "checkpoint.export_final=false",
+    ]
+    gap = ["eval.gap_tasks=[arithmetic]", "eval.gap_limit=2", "eval.gap_max_new_tokens=6"]
+    run_train(tmp_path / "plain", *common)
+    run_train(tmp_path / "gap", *common, *gap)
+    # greedy decoding on the live weights: the training trajectory is exactly the one without the hook
+    assert [m["loss"] for m in metrics(tmp_path / "plain")] == [m["loss"] for m in metrics(tmp_path / "gap")]
+    evals = list(read_records(tmp_path / "gap" / "eval.jsonl"))
+    assert [e["step"] for e in evals] == [0, 2]
+    assert all({"gap_acc_text", "gap_acc_speech:clean", "gap_speech:clean"} <= e.keys() for e in evals)
+    for step in (0, 2):
+        folder = tmp_path / "gap" / "evals" / f"step-{step:06d}"
+        report = read_report(folder / "report.json")
+        modes = report["tasks"]["arithmetic"]["modes"]
+        assert report["kind"] == "gap" and report["config"]["step"] == step
+        assert modes["text"]["n"] == 2 and modes["speech:clean"]["n"] == 2
+        assert modes["text"]["errors"] == 0 and modes["speech:clean"]["errors"] == 0
+        assert (folder / "samples.jsonl").is_file() and (folder / "gap.png").is_file()
 
 
 @pytest.mark.parametrize(

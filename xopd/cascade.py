@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from transformers import AutoProcessor, WhisperForConditionalGeneration
 
-from xopd.loading import ModelLoadError, checked_from_pretrained, resolve_config, load_text_lm
+from xopd.loading import ModelLoadError, checked_from_pretrained, load_text_lm, resolve_config
 
 PREFIX = "cascade:"
 DEFAULT_ASR = "whisper-tiny.en"

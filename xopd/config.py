@@ -119,6 +119,13 @@ class EvalConfig:
     temperature: float = 1.0
     # eval samples from its own RNG: every evaluation draws the same way, training's RNG is untouched
     seed: int = 1234
+    # xopd-eval's gap (text vs speech accuracy, greedy) on these tasks' test splits, with the live student at
+    # every evaluation: evals/step-NNNNNN/{report.json,samples.jsonl,gap.png}; none when unset
+    gap_tasks: list[str] | None = None
+    gap_limit: int = 20  # items per task
+    gap_variants: list[str] = field(default_factory=lambda: ["clean"])  # TTS variants of the speech mode
+    gap_max_new_tokens: int = 64
+    gap_batch_size: int = 8
 
 
 @dataclass

@@ -25,6 +25,7 @@ from __future__ import annotations
 import hashlib
 import json
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -178,6 +179,21 @@ def speech_audio(pair: PromptPair, variant: str) -> tuple[np.ndarray, str]:
         (v,) = parse_variants([variant])
         path = render(pair.spoken, v)
     return load_audio(path), str(path)
+
+
+def student_prompts(
+    adapter: Any, pairs: Sequence[PromptPair], modality: str, variants: Sequence[str], system: str | None
+) -> tuple[list[Any], list[str | None]]:
+    """The student's prompts for ``modality`` ("text" or "speech": pair ``i`` spoken in ``variants[i]``) and
+    the WAV behind each speech prompt (None for text)."""
+    if modality == "text":
+        return [adapter.text_prompt(p.text, system) for p in pairs], [None] * len(pairs)
+    prompts, paths = [], []
+    for p, variant in zip(pairs, variants, strict=True):
+        audio, path = speech_audio(p, variant)
+        prompts.append(adapter.speech_prompt(audio, p.instruction, system))
+        paths.append(path)
+    return prompts, paths
 
 
 class PairStream:

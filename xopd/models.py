@@ -220,11 +220,13 @@ def shared_vocab_size(
 @dataclass
 class TokenScores:
     """Per-token scores of given completion ids under one model (no gradient): the log-prob of each token
-    ``[B, T]`` and the model's top-k alternatives ``ids/logprobs [B, T, k]`` (k may be 0)."""
+    ``[B, T]``, the model's top-k alternatives ``ids/logprobs [B, T, k]`` (k may be 0) and the entropy of its
+    next-token distribution ``[B, T]`` (nats, over the shared vocabulary)."""
 
     logprobs: Tensor
     topk_ids: Tensor
     topk_logprobs: Tensor
+    entropy: Tensor
 
 
 class _Identity(nn.Module):
@@ -531,6 +533,7 @@ def head_scores(
     m = mask.bool()
     b, t = ids.shape
     lp = torch.zeros(b, t, dtype=torch.float32, device=hidden.device)
+    ent = torch.zeros(b, t, dtype=torch.float32, device=hidden.device)
     k = min(topk, vocab_size)
     top_ids = torch.zeros(b, t, k, dtype=torch.long, device=hidden.device)
     top_lp = torch.zeros(b, t, k, dtype=torch.float32, device=hidden.device)
@@ -542,21 +545,23 @@ def head_scores(
         )
     w = weight[:vocab_size]
     bb = None if bias is None else bias[:vocab_size]
-    out_lp, out_ids, out_top = [], [], []
+    out_lp, out_ids, out_top, out_ent = [], [], [], []
     for start in range(0, rows.shape[0], chunk_size):
         logits = torch.nn.functional.linear(rows[start : start + chunk_size], w, bb).float()
         logp = logits.log_softmax(-1)
         out_lp.append(logp.gather(-1, sel[start : start + chunk_size, None]).squeeze(-1))
+        out_ent.append(-(logp.exp() * logp).sum(-1))
         if k:
             v, i = logp.topk(k, dim=-1)
             out_top.append(v)
             out_ids.append(i)
     if out_lp:
         lp[m] = torch.cat(out_lp)
+        ent[m] = torch.cat(out_ent)
         if k:
             top_lp[m] = torch.cat(out_top)
             top_ids[m] = torch.cat(out_ids)
-    return TokenScores(lp, top_ids, top_lp)
+    return TokenScores(lp, top_ids, top_lp, ent)
 
 
 # ------------------------------------------------------------------------------------------------------------

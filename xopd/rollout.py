@@ -73,6 +73,16 @@ class Rollouts:
         return (self.lengths > 0) & torch.isin(end, torch.tensor(list(eos_ids), dtype=end.dtype))
 
 
+def sample_numbers(prompt_index: Sequence[int]) -> list[int]:
+    """For prompt-major rows: the k-th row of a prompt is its sample k."""
+    seen: dict[int, int] = {}
+    out = []
+    for i in prompt_index:
+        out.append(seen.get(i, 0))
+        seen[i] = out[-1] + 1
+    return out
+
+
 def completion_mask(ids: Tensor, eos_ids: Sequence[int]) -> Tensor:
     """1 at every token up to and including the first EOS id of each row, 0 after it -> bool ``[N, T]``."""
     is_eos = torch.isin(ids, torch.tensor(list(eos_ids), dtype=ids.dtype, device=ids.device))
@@ -99,8 +109,11 @@ class RolloutEngine(ABC):
     """Samples completions for prompts from a model; see the module docstring."""
 
     @abstractmethod
-    def generate(self, prompts: Sequence[Prompt], params: SamplingParams) -> Rollouts:
-        """``params.n`` samples per prompt, prompt-major."""
+    def generate(
+        self, prompts: Sequence[Prompt], params: SamplingParams, seeds: Sequence[int] | None = None
+    ) -> Rollouts:
+        """``params.n`` samples per prompt, prompt-major. With ``seeds`` (one per prompt) a prompt's samples
+        depend only on its seed, not on the batch or the process it lands in."""
 
     def sync_weights(self) -> None:  # noqa: B027 -- optional hook, a no-op by default
         """Make the engine sample from the model's current weights (after an optimizer step). The HF engine
@@ -153,14 +166,32 @@ class HFRolloutEngine(RolloutEngine):
         )
 
     @torch.no_grad()
-    def generate(self, prompts: Sequence[Prompt], params: SamplingParams) -> Rollouts:
+    def generate(
+        self, prompts: Sequence[Prompt], params: SamplingParams, seeds: Sequence[int] | None = None
+    ) -> Rollouts:
         if not prompts:
             raise ValueError("generate needs at least one prompt")
+        if seeds is not None:
+            return pad_rollouts(
+                [self._seeded(i, p, params, s) for i, (p, s) in enumerate(zip(prompts, seeds, strict=True))]
+            )
         rows = [(i, p) for i, p in enumerate(prompts) for _ in range(params.n)]
         parts = []
         for start in range(0, len(rows), self.batch_size):
             chunk = rows[start : start + self.batch_size]
             parts.append(self._generate_batch([p for _, p in chunk], [i for i, _ in chunk], params))
+        return pad_rollouts(parts)
+
+    def _seeded(self, index: int, prompt: Prompt, params: SamplingParams, seed: int) -> Rollouts:
+        """One prompt's ``n`` samples (in batches of ``batch_size``) from torch's RNG seeded with ``seed``;
+        the caller's RNG stream is left as it was."""
+        devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(seed)
+            parts = [
+                self._generate_batch([prompt] * k, [index] * k, params)
+                for k in (min(self.batch_size, params.n - s) for s in range(0, params.n, self.batch_size))
+            ]
         return pad_rollouts(parts)
 
     def _generate_batch(self, prompts: list[Prompt], index: list[int], params: SamplingParams) -> Rollouts:

@@ -30,6 +30,8 @@ write followed by fsync, after that step's optimizer update:
                    null for sequences the student did not sample (sft, offline_kd)
 ``.advantage``     the per-token signal of the loss. xopd: ``teacher_lp - student_lp`` (PowerOPD's bounded
                    reward with ``loss.reward: power``); other kinds: ``teacher_lp - student_lp``
+``.student_entropy`` / ``.teacher_entropy``  entropy (nats) of each model's next-token distribution over the
+                   shared vocabulary at that position (optional: written by the trainer, absent in older logs)
 ``.teacher_topk``  the teacher's k likeliest tokens at each position: ``{"id": [[k ids] x T], "piece":
                    [[k pieces] x T], "lp": [[k log-probs] x T]}`` (k = ``logging.topk``; absent when 0)
 =================  ========================================================================================
@@ -206,6 +208,8 @@ def rollout_record(
     tokenizer: Any,
     topk_ids: Sequence[Sequence[int]] | None = None,
     topk_lp: Sequence[Sequence[float]] | None = None,
+    student_entropy: Sequence[float] | None = None,
+    teacher_entropy: Sequence[float] | None = None,
 ) -> dict[str, Any]:
     """One rollout-log line (see the module docstring for every field)."""
     t = len(token_ids)
@@ -221,6 +225,11 @@ def rollout_record(
         "sampler_lp": [_r(x) for x in sampler_lp] if sampler_lp is not None else None,
         "advantage": [_r(x) for x in advantage],
     }
+    for name, seq in (("student_entropy", student_entropy), ("teacher_entropy", teacher_entropy)):
+        if seq is not None:
+            if len(seq) != t:
+                raise ValueError(f"rollout record {prompt_id!r}: {name} has {len(seq)} values for {t} tokens")
+            tokens[name] = [_r(x) for x in seq]
     if topk_ids is not None and topk_lp is not None and len(topk_ids) and len(topk_ids[0]):
         tokens["teacher_topk"] = {
             "id": [[int(i) for i in row] for row in topk_ids],

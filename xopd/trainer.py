@@ -27,6 +27,7 @@ losses, same samples.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -48,7 +49,18 @@ from torch import Tensor
 
 from xopd import losses
 from xopd.config import ConfigError, RunConfig, incompatible_changes, to_dict, to_yaml
-from xopd.data import Draw, PairStream, PromptPair, load_eval_pairs, load_train_pairs, speech_audio
+from xopd.data import (
+    Draw,
+    PairStream,
+    PromptPair,
+    load_eval_pairs,
+    load_train_pairs,
+    speech_audio,
+    student_prompts,
+)
+from xopd.distributed import Dist, launched_device
+from xopd.distributed import init as init_distributed
+from xopd.evalhook import GapEvalHook
 from xopd.models import (
     ModelAdapter,
     Prompt,
@@ -61,7 +73,7 @@ from xopd.models import (
     trainable_state,
 )
 from xopd.paths import atomic_dir, atomic_write_text
-from xopd.rollout import RolloutEngine, Rollouts, SamplingParams, make_engine
+from xopd.rollout import RolloutEngine, Rollouts, SamplingParams, make_engine, sample_numbers
 from xopd.rolloutlog import StepLog, copy_audio, rollout_record
 
 TEXT, SPEECH = "text", "speech"
@@ -85,10 +97,11 @@ def train(cfg: RunConfig, *, eval_hooks: Sequence[EvalHook] = ()) -> dict[str, A
         started = time.perf_counter()
         # a batch of paired prompts (T, S)
         draws = run.stream.next_batch(cfg.schedule.batch_prompts)
-        # n rollouts on S and n on T from the current student (baselines: their targets)
-        batch = make_batch(run, draws)
+        # n rollouts on S and n on T from the current student (baselines: their targets), for this
+        # process's share of the batch (all of it in one process)
+        batch = make_batch(run, draws, step)
         # teacher log-probs -> advantages -> modality losses -> lam -> backward -> clip -> AdamW -> schedule
-        result = update(run, batch, step)
+        result = update(run, batch, step, log_tokens=logs_rollouts(cfg, step))
         # metrics line, metrics.jsonl, rollout log
         report(run, step, batch, result, time.perf_counter() - started, bar)
         last = step == cfg.schedule.steps
@@ -97,6 +110,7 @@ def train(cfg: RunConfig, *, eval_hooks: Sequence[EvalHook] = ()) -> dict[str, A
         if (cfg.checkpoint.every and step % cfg.checkpoint.every == 0) or last:
             save_checkpoint(run, step)
         run.step = step
+    run.dist.barrier()
     bar.close()
     return finish(run)
 
@@ -125,6 +139,9 @@ class Run:
     last_metrics: dict[str, Any] = field(default_factory=dict)
     last_eval: dict[str, Any] = field(default_factory=dict)
     audio_copies: dict[str, str] = field(default_factory=dict)  # TTS cache path -> copy under output_dir
+    dist: Dist = field(default_factory=Dist)  # this process's rank among world_size (accelerate launch)
+    builtin_hooks: list[EvalHook] = field(default_factory=list)  # from the config (eval.gap_tasks)
+    seed_per_prompt: bool = False
 
     @property
     def modalities(self) -> list[str]:
@@ -138,6 +155,14 @@ def active_modalities(cfg: RunConfig) -> list[str]:
 
 def setup(cfg: RunConfig) -> Run:
     out = Path(cfg.output_dir)
+    dist = init_distributed()
+    if dist.world_size > cfg.schedule.batch_prompts:
+        raise ConfigError(
+            f"schedule.batch_prompts={cfg.schedule.batch_prompts} is smaller than the {dist.world_size} "
+            "processes sharing it; every process needs at least one prompt per step"
+        )
+    if dist.active and cfg.models.device == "auto":
+        cfg.models.device = launched_device() or "auto"  # accelerate's cuda:<local rank> (or cpu)
     resume_from = find_resume(cfg, out)
     seed_everything(cfg.seed)  # before loading: LoRA's initialisation draws from torch's RNG
     student, teacher = load_student(cfg.models), load_teacher(cfg.models)
@@ -181,6 +206,7 @@ def setup(cfg: RunConfig) -> Run:
         weight_decay=cfg.optim.weight_decay,
     )
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg))
+    # only the main process writes; the others' logs point at the same files and are never appended to
     logs = {name: StepLog(out / f"{name}.jsonl") for name in ("metrics", "rollouts", "eval")}
     run = Run(
         cfg,
@@ -195,17 +221,27 @@ def setup(cfg: RunConfig) -> Run:
         optimizer,
         scheduler,
         logs,
+        dist=dist,
+        seed_per_prompt=cfg.rollout.seed_per_prompt
+        if cfg.rollout.seed_per_prompt is not None
+        else dist.active,
     )
+    if cfg.eval.gap_tasks:
+        run.builtin_hooks.append(GapEvalHook(cfg, out))
     if resume_from is not None:
         restore_checkpoint(run, resume_from)
-    else:
+    elif dist.is_main:
         for log in logs.values():
             log.truncate_to(0, 0)  # a run that died before its first checkpoint starts over cleanly
-    atomic_write_text(out / "config.yaml", to_yaml(cfg))
+    if dist.is_main:
+        atomic_write_text(out / "config.yaml", to_yaml(cfg))
+    dist.barrier()  # nobody starts before the logs are cut back
     say(
         f"xopd-train: {cfg.loss.kind} | student {cfg.models.student} | teacher {cfg.models.teacher} | "
         f"shared vocab {vocab} | {len(stream.pairs)} train pairs, {len(eval_pairs)} held-out | "
         f"{'resumed at step ' + str(run.step) if resume_from else 'fresh start'} | output {out}"
+        + (f" | {dist.world_size} processes" if dist.active else ""),
+        run,
     )
     return run
 
@@ -261,25 +297,45 @@ def find_resume(cfg: RunConfig, out: Path) -> Path | None:
 
 
 def rng_state() -> dict[str, Any]:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    """RNG states as tensors and plain numbers only, so trainer_state.pt loads with weights_only=True."""
+    version, mt, gauss = random.getstate()
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {
+        "python": {"version": version, "state": torch.tensor(mt, dtype=torch.int64), "gauss": gauss},
+        "numpy": {
+            "kind": kind,
+            "keys": torch.from_numpy(keys.astype(np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached": float(cached),
+        },
+        "torch": torch.get_rng_state(),
+    }
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    py, npy = state["python"], state["numpy"]
+    random.setstate((py["version"], tuple(int(x) for x in py["state"].tolist()), py["gauss"]))
+    np.random.set_state(
+        (npy["kind"], npy["keys"].numpy().astype(np.uint32), npy["pos"], npy["has_gauss"], npy["cached"])
+    )
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
 def save_checkpoint(run: Run, step: int) -> Path:
-    """Write ``checkpoints/step-NNNNNN`` atomically, then drop all but the last ``keep_last``."""
+    """Write ``checkpoints/step-NNNNNN`` atomically (main process), then drop all but the last ``keep_last``.
+    Every process holds the same weights and optimizer state (same gradients, same steps)."""
     from safetensors.torch import save_file
 
     target = run.out / "checkpoints" / f"step-{step:06d}"
+    if not run.dist.is_main:
+        run.dist.barrier()
+        return target
     with atomic_dir(target) as tmp:
         save_file(trainable_state(run.student), str(tmp / "model.safetensors"), metadata={"format": "pt"})
         torch.save(
@@ -305,6 +361,7 @@ def save_checkpoint(run: Run, step: int) -> Path:
         _readable(tmp)
     for old in checkpoint_dirs(run.out)[: -run.cfg.checkpoint.keep_last]:
         shutil.rmtree(old, ignore_errors=True)
+    run.dist.barrier()
     return target
 
 
@@ -329,15 +386,16 @@ def restore_checkpoint(run: Run, path: Path) -> None:
             "checkpoint.*, logging.*, eval.* and rollout.batch_size may change); use a new output_dir"
         )
     load_trainable_state(run.student, load_file(str(path / "model.safetensors")))
-    state = torch.load(path / "trainer_state.pt", map_location="cpu", weights_only=False)
+    state = torch.load(path / "trainer_state.pt", map_location="cpu", weights_only=True)
     run.optimizer.load_state_dict(state["optimizer"])
     run.scheduler.load_state_dict(state["scheduler"])
     run.stream.load_state_dict(state["data"])
     set_rng_state(state["rng"])
     run.step = int(state["step"])
     run.skipped = list(state.get("skipped", []))
-    for name, log in run.logs.items():
-        log.truncate_to(run.step, state["log_sizes"].get(name))
+    if run.dist.is_main:
+        for name, log in run.logs.items():
+            log.truncate_to(run.step, state["log_sizes"].get(name))
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -369,18 +427,6 @@ def sampling(cfg: RunConfig) -> SamplingParams:
     return SamplingParams(n=r.n, max_new_tokens=r.max_new_tokens, temperature=r.temperature, top_p=r.top_p)
 
 
-def student_prompts(run: Run, draws: Sequence[Draw], modality: str) -> tuple[list[Prompt], list[str | None]]:
-    system = run.cfg.data.system_prompt
-    if modality == TEXT:
-        return [run.student.text_prompt(d.pair.text, system) for d in draws], [None] * len(draws)
-    prompts, paths = [], []
-    for d in draws:
-        audio, path = speech_audio(d.pair, d.variant)
-        prompts.append(run.student.speech_prompt(audio, d.pair.instruction, system))
-        paths.append(path)
-    return prompts, paths
-
-
 def reference_rollouts(run: Run, draws: Sequence[Draw]) -> Rollouts:
     """The SFT targets: reference answers as completion ids (answer text + the student's end-of-turn id)."""
     rows = []
@@ -399,20 +445,36 @@ def reference_rollouts(run: Run, draws: Sequence[Draw]) -> Rollouts:
     return Rollouts(torch.arange(len(rows)), ids, mask, torch.zeros(ids.shape))
 
 
-def make_batch(run: Run, draws: list[Draw]) -> Batch:
+def prompt_seed(seed: int, step: int, index: int, role: str) -> int:
+    """The sampling seed of the ``index``-th prompt of ``step``'s global batch, for ``role`` (a modality, or
+    "teacher"): the same in whichever process the prompt lands."""
+    digest = hashlib.sha256(f"{seed}|{step}|{index}|{role}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
+
+
+def make_batch(run: Run, draws: list[Draw], step: int) -> Batch:
+    """This process's share of the step's global batch ``draws`` and the sequences each modality trains on."""
     kind = run.cfg.loss.kind
+    mine = run.dist.shard_range(len(draws))
+    draws = [draws[i] for i in mine]
+
+    def seeds(role: str) -> list[int] | None:
+        return [prompt_seed(run.cfg.seed, step, i, role) for i in mine] if run.seed_per_prompt else None
+
     teacher_prompts = [run.teacher.text_prompt(d.pair.text, run.cfg.data.system_prompt) for d in draws]
     shared: Rollouts | None = None
     sampled = 0
     if kind == "sft":
         shared = reference_rollouts(run, draws)
     elif kind == "offline_kd":
-        shared = run.teacher_engine.generate(teacher_prompts, sampling(run.cfg))
+        shared = run.teacher_engine.generate(teacher_prompts, sampling(run.cfg), seeds("teacher"))
         sampled += int(shared.mask.sum())
     parts = {}
     for m in run.modalities:
-        prompts, paths = student_prompts(run, draws, m)
-        seqs = shared if shared is not None else run.engine.generate(prompts, sampling(run.cfg))
+        prompts, paths = student_prompts(
+            run.student, [d.pair for d in draws], m, [d.variant for d in draws], run.cfg.data.system_prompt
+        )
+        seqs = shared if shared is not None else run.engine.generate(prompts, sampling(run.cfg), seeds(m))
         if shared is None:
             sampled += int(seqs.mask.sum())
         parts[m] = ModalityBatch(m, prompts, teacher_prompts, seqs, paths, sampled_by_student=shared is None)
@@ -430,6 +492,8 @@ class TokenStats:
     advantage: Tensor
     topk_ids: Tensor
     topk_lp: Tensor
+    teacher_entropy: Tensor
+    student_entropy: Tensor | None  # only on steps whose rollouts are logged (an extra pass over the head)
 
 
 @dataclass
@@ -442,14 +506,22 @@ class StepResult:
     stats: dict[str, list[TokenStats]]
 
 
-def update(run: Run, batch: Batch, step: int) -> StepResult:
+def logs_rollouts(cfg: RunConfig, step: int) -> bool:
+    return cfg.logging.rollout_log and step % cfg.logging.rollout_log_every == 0
+
+
+def update(run: Run, batch: Batch, step: int, *, log_tokens: bool = False) -> StepResult:
     """Micro-batches of prompts: both modalities' losses, combined with lam, backpropagated; one update."""
     cfg = run.cfg
     params = [p for _, p in run.student.trainable_parameters()]
     run.optimizer.zero_grad(set_to_none=True)
+    # the denominators are the global batch's counts, so the processes' summed gradients are the batch's
+    counts = run.dist.sum(
+        [x for m in run.modalities for x in (len(batch.parts[m].seqs), int(batch.parts[m].seqs.mask.sum()))]
+    )
     totals = {
-        m: {"sequences": len(batch.parts[m].seqs), "tokens": int(batch.parts[m].seqs.mask.sum())}
-        for m in run.modalities
+        m: {"sequences": int(counts[2 * k]), "tokens": int(counts[2 * k + 1])}
+        for k, m in enumerate(run.modalities)
     }
     stats: dict[str, list[TokenStats]] = {m: [] for m in run.modalities}
     loss_sum, mod_sum = 0.0, {m: 0.0 for m in run.modalities}
@@ -460,7 +532,7 @@ def update(run: Run, batch: Batch, step: int) -> StepResult:
         for m in run.modalities:
             part = batch.parts[m]
             rows = [r for r, i in enumerate(part.seqs.prompt_index.tolist()) if i in group]
-            mod_losses[m], st = modality_loss(run, part, rows, totals[m])
+            mod_losses[m], st = modality_loss(run, part, rows, totals[m], log_tokens=log_tokens)
             stats[m].append(st)
             mod_sum[m] += float(mod_losses[m].detach())
         loss = losses.xopd_loss(mod_losses.get(TEXT), mod_losses.get(SPEECH), lam=cfg.loss.lam)
@@ -469,6 +541,9 @@ def update(run: Run, batch: Batch, step: int) -> StepResult:
             loss = loss * float("nan")
         loss.backward()
         loss_sum += float(loss.detach())
+    run.dist.reduce_gradients(params)  # sum over processes: the global batch's gradient everywhere
+    loss_sum, *mod_values = run.dist.sum([loss_sum, *(mod_sum[m] for m in run.modalities)])
+    mod_sum = dict(zip(run.modalities, mod_values, strict=True))
     max_norm = cfg.optim.max_grad_norm if cfg.optim.max_grad_norm is not None else float("inf")
     grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm))
     lr = run.optimizer.param_groups[0]["lr"]  # the rate this step used (before the schedule moves on)
@@ -484,7 +559,7 @@ def update(run: Run, batch: Batch, step: int) -> StepResult:
 
 
 def modality_loss(
-    run: Run, part: ModalityBatch, rows: list[int], totals: dict[str, int]
+    run: Run, part: ModalityBatch, rows: list[int], totals: dict[str, int], *, log_tokens: bool = False
 ) -> tuple[Tensor, TokenStats]:
     """One modality's loss on this micro-batch (normalised by the step's global counts) + its token stats."""
     cfg, lc = run.cfg, run.cfg.loss
@@ -508,6 +583,12 @@ def modality_loss(
     )
     s_hidden = run.student.completion_hidden(s_prompts, ids, mask)
     s_w, s_b = run.student.head
+
+    def student_lp(hidden: Tensor) -> Tensor:  # log pi_S of the sampled ids, chunked over the vocabulary
+        return losses.token_logprobs(
+            hidden, s_w, ids_d, mask_d, bias=s_b, vocab_size=run.vocab_size, chunk_size=cfg.models.chunk_size
+        )
+
     norm = (
         {"num_sequences": totals["sequences"]}
         if lc.normalize == "sequence"
@@ -531,26 +612,10 @@ def modality_loss(
         )
         loss = losses.masked_mean(div, mask_d, normalize=lc.normalize, **norm)
         with torch.no_grad():
-            s_lp = losses.token_logprobs(
-                s_hidden.detach(),
-                s_w,
-                ids_d,
-                mask_d,
-                bias=s_b,
-                vocab_size=run.vocab_size,
-                chunk_size=cfg.models.chunk_size,
-            )
+            s_lp = student_lp(s_hidden.detach())  # for the log and metrics only
         adv = losses.xopd_advantage(t.logprobs, s_lp, mask_d)
     else:
-        s_lp = losses.token_logprobs(
-            s_hidden,
-            s_w,
-            ids_d,
-            mask_d,
-            bias=s_b,
-            vocab_size=run.vocab_size,
-            chunk_size=cfg.models.chunk_size,
-        )
+        s_lp = student_lp(s_hidden)
         if lc.kind == "xopd":
             if lc.reward == "power":
                 adv = losses.power_opd_reward(t.logprobs, s_lp, mask_d, alpha=lc.power_alpha)
@@ -563,6 +628,19 @@ def modality_loss(
         else:  # sft / offline_kd: cross-entropy on the target ids (losses.sft_loss on the same log-probs)
             loss = -losses.masked_mean(s_lp, mask_d, normalize=lc.normalize, **norm)
             adv = losses.xopd_advantage(t.logprobs, s_lp, mask_d)
+    s_ent = None
+    if log_tokens:
+        with torch.no_grad():
+            s_ent = head_scores(
+                s_hidden.detach(),
+                s_w,
+                s_b,
+                ids_d,
+                mask_d,
+                vocab_size=run.vocab_size,
+                topk=0,
+                chunk_size=cfg.models.chunk_size,
+            ).entropy.cpu()
     st = TokenStats(
         rows,
         mask.cpu(),
@@ -571,6 +649,8 @@ def modality_loss(
         adv.detach().cpu(),
         t.topk_ids.cpu(),
         t.topk_logprobs.cpu(),
+        t.entropy.cpu(),
+        s_ent,
     )
     return loss, st
 
@@ -580,10 +660,12 @@ def modality_loss(
 # ------------------------------------------------------------------------------------------------------------
 
 
-def say(message: str) -> None:
+def say(message: str, run: Run | None = None) -> None:
+    """A line on stderr above the progress bar (from the main process only)."""
     from tqdm.auto import tqdm
 
-    tqdm.write(message, file=sys.stderr)
+    if run is None or run.dist.is_main:
+        tqdm.write(message, file=sys.stderr)
 
 
 def progress_bar(run: Run) -> Any:
@@ -594,21 +676,32 @@ def progress_bar(run: Run) -> Any:
         initial=run.step,
         desc="xopd-train",
         unit="step",
-        disable=not run.cfg.logging.progress,
+        disable=not (run.cfg.logging.progress and run.dist.is_main),
         file=sys.stderr,
         dynamic_ncols=True,
     )
 
 
-def modality_kl(stats: list[TokenStats]) -> float:
-    """Token mean of ``student_lp - teacher_lp``: the sampled-token reverse-KL estimate (-mean advantage)."""
+def modality_sums(stats: list[TokenStats]) -> tuple[float, int]:
+    """(sum of ``student_lp - teacher_lp`` over tokens, token count) of one modality's micro-batches."""
     num = sum(float(((s.student_lp - s.teacher_lp) * s.mask).sum()) for s in stats)
-    den = sum(int(s.mask.sum()) for s in stats)
-    return num / den if den else float("nan")
+    return num, sum(int(s.mask.sum()) for s in stats)
 
 
 def report(run: Run, step: int, batch: Batch, result: StepResult, seconds: float, bar: Any) -> None:
     cfg = run.cfg
+    # per-modality sums (over this process's rows), then summed over processes
+    local: list[float] = [batch.sampled_tokens]
+    for m in run.modalities:
+        seqs = batch.parts[m].seqs
+        local += [
+            *modality_sums(result.stats[m]),
+            float(seqs.lengths.sum()),
+            len(seqs),
+            float(seqs.finished(run.student.eos_ids).sum()),
+        ]
+    total = run.dist.sum(local)
+    sampled, per_mod = total[0], total[1:]
     metrics: dict[str, Any] = {
         "step": step,
         "loss": result.loss,
@@ -617,21 +710,28 @@ def report(run: Run, step: int, batch: Batch, result: StepResult, seconds: float
         "skipped": result.skipped,
         "seconds": round(seconds, 3),
         # completion tokens trained on (both modalities) per second of the whole step, sampling included
-        "tokens_per_s": sum(int(p.seqs.mask.sum()) for p in batch.parts.values()) / max(seconds, 1e-9),
-        "sampled_tokens": batch.sampled_tokens,
+        "tokens_per_s": sum(per_mod[5 * k + 2] for k in range(len(run.modalities))) / max(seconds, 1e-9),
+        "sampled_tokens": int(sampled),
     }
-    for m in run.modalities:
-        part = batch.parts[m]
-        metrics[f"kl_{m}"] = modality_kl(result.stats[m])
+    for k, m in enumerate(run.modalities):
+        kl_num, kl_den, len_sum, rows, finished = per_mod[5 * k : 5 * k + 5]
+        metrics[f"kl_{m}"] = kl_num / kl_den if kl_den else float("nan")
         metrics[f"loss_{m}"] = result.modality_loss[m]
-        metrics[f"len_{m}"] = float(part.seqs.lengths.float().mean())
-        metrics[f"eos_rate_{m}"] = float(part.seqs.finished(run.student.eos_ids).float().mean())
+        metrics[f"len_{m}"] = len_sum / max(rows, 1)
+        metrics[f"eos_rate_{m}"] = finished / max(rows, 1)
     if result.skipped:
         run.skipped.append(step)
     run.last_metrics = metrics
+    records = None
+    if logs_rollouts(cfg, step):
+        records = [r for part in run.dist.gather(rollout_records(run, step, batch, result)) for r in part]
+        if cfg.logging.max_rollouts_per_step is not None:
+            records = records[: cfg.logging.max_rollouts_per_step]
+    if not run.dist.is_main:
+        return
     run.logs["metrics"].append([metrics])
-    if cfg.logging.rollout_log and step % cfg.logging.rollout_log_every == 0:
-        run.logs["rollouts"].append(rollout_records(run, step, batch, result))
+    if records is not None:
+        run.logs["rollouts"].append(records)
     kl = " | ".join(f"kl_{m} {metrics[f'kl_{m}']:.4f}" for m in run.modalities)
     line = (
         f"step {step}/{cfg.schedule.steps} | loss {result.loss:.4f} | {kl}"
@@ -650,11 +750,7 @@ def rollout_records(run: Run, step: int, batch: Batch, result: StepResult) -> li
     for m in run.modalities:
         part = batch.parts[m]
         index = part.seqs.prompt_index.tolist()
-        seen: dict[int, int] = {}
-        sample_no = []
-        for i in index:  # the k-th row of a prompt is its sample k
-            sample_no.append(seen.get(i, 0))
-            seen[i] = sample_no[-1] + 1
+        sample_no = sample_numbers(index)
         finished = part.seqs.finished(run.student.eos_ids).tolist()
         for st in result.stats[m]:
             for j, r in enumerate(st.rows):
@@ -684,6 +780,10 @@ def rollout_records(run: Run, step: int, batch: Batch, result: StepResult) -> li
                         tokenizer=run.student.tokenizer,
                         topk_ids=st.topk_ids[j, :t].tolist(),
                         topk_lp=st.topk_lp[j, :t].tolist(),
+                        teacher_entropy=st.teacher_entropy[j, :t].tolist(),
+                        student_entropy=None
+                        if st.student_entropy is None
+                        else st.student_entropy[j, :t].tolist(),
                     )
                 )
     return records
@@ -769,9 +869,11 @@ def heldout_reverse_kl(
 
 
 def evaluate(run: Run, step: int, hooks: Sequence[EvalHook] = ()) -> dict[str, Any]:
-    """The eval hook: held-out reverse KL (both modalities), then extra hooks (e.g. an xopd-eval task run)."""
+    """The eval hook (main process): held-out reverse KL (both modalities), the xopd-eval gap on
+    ``eval.gap_tasks`` (reports under ``evals/step-NNNNNN/``), then extra hooks."""
     cfg = run.cfg
-    if not run.eval_pairs and not hooks:
+    hooks = [*run.builtin_hooks, *hooks]
+    if not run.dist.is_main or (not run.eval_pairs and not hooks):
         return {}
     record: dict[str, Any] = {"step": step}
     if run.eval_pairs:
@@ -797,7 +899,7 @@ def evaluate(run: Run, step: int, hooks: Sequence[EvalHook] = ()) -> dict[str, A
     run.last_eval = record
     run.logs["eval"].append([record])
     shown = " | ".join(
-        f"{k} {v:.4f}" for k, v in record.items() if k.startswith("kl_") and isinstance(v, float)
+        f"{k} {v:.4f}" for k, v in record.items() if k.startswith(("kl_", "gap_")) and isinstance(v, float)
     )
     say(f"eval step {step} | {shown}")
     return record
@@ -811,6 +913,9 @@ def evaluate(run: Run, step: int, hooks: Sequence[EvalHook] = ()) -> dict[str, A
 def finish(run: Run) -> dict[str, Any]:
     cfg = run.cfg
     final = None
+    if not run.dist.is_main:
+        run.dist.barrier()
+        return {"steps": run.step, "rank": run.dist.rank}
     if cfg.checkpoint.export_final:
         with atomic_dir(run.out / "final") as tmp:
             export_pretrained(run.student, tmp)
@@ -829,5 +934,6 @@ def finish(run: Run) -> dict[str, Any]:
         "logs": {name: str(log.path) for name, log in run.logs.items()},
     }
     atomic_write_text(run.out / "summary.json", json.dumps(summary, indent=2, default=float) + "\n")
+    run.dist.barrier()
     say(f"xopd-train: done at step {run.step}; skipped steps {run.skipped or 'none'}; outputs in {run.out}")
     return summary

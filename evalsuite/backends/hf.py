@@ -146,6 +146,17 @@ class HFBackend(Backend):
                 self._model, _ = load_text_lm(self.model_id, trust_remote_code=self.trust_remote_code, **kw)
         return self._model
 
+    def attach(self, model: Any) -> None:
+        """Generate with ``model`` (loaded and placed, e.g. the module a trainer is updating) instead of
+        loading the checkpoint's weights. Its outputs no longer follow from the files, so the backend's
+        fingerprint becomes unique to this call: nothing it generates is ever served from a cache."""
+        if self.kind == "cascade":
+            raise ValueError("attach() takes a speech or text LLM, not a cascade")
+        import uuid
+
+        self._model = model
+        self._fingerprint = f"live-{uuid.uuid4().hex}"
+
     def close(self) -> None:
         self._model = self._cascade = None
         gc.collect()
