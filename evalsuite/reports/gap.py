@@ -82,10 +82,14 @@ def gap_report(samples: Sequence[Sample], *, teacher_samples: Sequence[Sample] |
         teacher_text = {t: mode_summary(m[TEXT])["accuracy"] for t, m in t_grouped.items() if TEXT in m}
         report["teacher"] = {"text_accuracy": teacher_text, "paired": paired_vectors(t_grouped)}
         drops = {}
+        # a relative drop from a teacher score of 0 is undefined: such tasks are left out and listed
+        undefined = sorted(t for t, acc in teacher_text.items() if not acc > 0)
         for m in overall["macro"]:
-            scores = {t: e["modes"][m]["accuracy"] for t, e in tasks.items() if m in e["modes"] and t in teacher_text}
+            scores = {t: e["modes"][m]["accuracy"] for t, e in tasks.items()
+                      if m in e["modes"] and teacher_text.get(t, 0.0) > 0}
             base = {t: teacher_text[t] for t in scores}
             drops[m] = avg_drop_percent(base, scores) if scores else float("nan")
+        report["avg_drop_excluded"] = undefined
         # The paper's ΔT (student text vs teacher text) and ΔS (student speech vs teacher text), in %.
         report["avg_drop_percent"] = drops
     return report

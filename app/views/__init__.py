@@ -1,0 +1,1 @@
+"""The explorer's pages: Streamlit scripts run by st.navigation (app/explorer.py), one per page."""
