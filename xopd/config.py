@@ -63,13 +63,14 @@ class RolloutConfig:
     max_new_tokens: int = 64
     temperature: float = 1.0
     top_p: float = 1.0
-    batch_size: int = 16  # sequences per generate() call (hf)
+    batch_size: int = 16  # sequences per generate() call (hf; vLLM schedules all requests itself)
     # Each prompt's n rollouts drawn from their own RNG seeded by (seed, step, prompt id, modality): samples
     # then do not depend on batch composition or on how many processes share the batch. null: on when
     # training runs in several processes (accelerate launch), off otherwise.
     seed_per_prompt: bool | None = None
     vllm_tensor_parallel_size: int = 1
-    vllm_gpu_memory_utilization: float = 0.3  # share of GPU memory the colocated engine may take
+    # share of GPU memory the colocated engine may take (GPU only: on CPU, VLLM_CPU_KVCACHE_SPACE sizes it)
+    vllm_gpu_memory_utilization: float = 0.3
     vllm_max_model_len: int | None = None  # default: the model's; lower it to save KV-cache memory
 
 

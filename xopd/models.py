@@ -126,11 +126,12 @@ def family_of(config: Any) -> Family:
 class Prompt:
     """A chat-formatted prompt: token ids (audio placeholders already expanded), the rendered text, and for a
     speech prompt the audio inputs of this one sample (``input_features [1, mel, frames]`` and
-    ``feature_attention_mask [1, frames]``)."""
+    ``feature_attention_mask [1, frames]``) and the 16 kHz waveform they come from (vLLM extracts its own)."""
 
     ids: list[int]
     text: str
     features: dict[str, Tensor] = field(default_factory=dict)
+    audio: np.ndarray | None = field(default=None, repr=False)
 
     @property
     def has_audio(self) -> bool:
@@ -353,7 +354,9 @@ class ModelAdapter:
         feats = {k: batch[k] for k in ("input_features", "feature_attention_mask") if k in batch}
         if not feats:
             raise ModelLoadError(f"{self.name}: the processor returned no audio features ({sorted(batch)})")
-        return Prompt(ids=[int(i) for i in batch["input_ids"][0].tolist()], text=rendered, features=feats)
+        return Prompt(
+            ids=[int(i) for i in batch["input_ids"][0].tolist()], text=rendered, features=feats, audio=audio
+        )
 
     def _speech_inputs(self, text: str, audio: np.ndarray) -> Any:
         proc = self.processor

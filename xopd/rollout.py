@@ -119,6 +119,9 @@ class RolloutEngine(ABC):
         """Make the engine sample from the model's current weights (after an optimizer step). The HF engine
         runs the trained module itself, so there is nothing to do; a vLLM engine pushes weights here."""
 
+    def close(self) -> None:  # noqa: B027 -- optional hook, a no-op by default
+        """Release what the engine holds beyond the trained module (a vLLM engine and its process group)."""
+
 
 class _Suppress(LogitsProcessor):
     """-inf for ids >= ``vocab_size`` (padded rows, tokens the teacher cannot score) and for ``banned`` ids

@@ -112,7 +112,10 @@ def train(cfg: RunConfig, *, eval_hooks: Sequence[EvalHook] = ()) -> dict[str, A
         run.step = step
     run.dist.barrier()
     bar.close()
-    return finish(run)
+    try:
+        return finish(run)
+    finally:
+        run.engine.close()
 
 
 # ------------------------------------------------------------------------------------------------------------
