@@ -448,9 +448,12 @@ def _chunked_rows(
         anchor = sum((x.sum() for x in grad_inputs), torch.zeros((), dtype=dtype, device=rows[0].device))
         return (anchor * 0.0).reshape(1).expand(0)
     out = []
+    # Recomputing each chunk's logits in backward (checkpoint) is what keeps [B, T, V] from ever being held;
+    # with a single chunk there is nothing to save, and the recompute would only cost time.
+    recompute = needs_grad and n > chunk_size
     for start in range(0, n, chunk_size):
         chunk = [x[start : start + chunk_size] for x in rows]
-        if needs_grad:
+        if recompute:
             out.append(checkpoint(fn, *chunk, *shared, use_reentrant=False, preserve_rng_state=False))
         else:
             out.append(fn(*chunk, *shared))

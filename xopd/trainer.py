@@ -203,6 +203,7 @@ def setup(cfg: RunConfig) -> Run:
     params = [p for _, p in student.trainable_parameters()]
     optimizer = torch.optim.AdamW(
         params,
+        fused=True,  # one kernel over all parameters (CPU and CUDA); the per-tensor loop is ~1.5x slower
         lr=cfg.optim.lr,
         betas=tuple(cfg.optim.betas),
         eps=cfg.optim.eps,
