@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -20,6 +21,17 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "0-1")
 os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+
+
+@pytest.fixture(autouse=True)
+def _keep_main_module():
+    """Streamlit's AppTest runs a page as ``sys.modules["__main__"]`` and leaves it there; a later vLLM engine
+    then starts its spawn-method workers by re-running *that* file as their main. Put the real one back."""
+    main, argv = sys.modules.get("__main__"), list(sys.argv)
+    yield
+    if main is not None:
+        sys.modules["__main__"] = main
+    sys.argv[:] = argv
 
 
 @pytest.fixture(scope="session")
