@@ -70,6 +70,19 @@ def rollout_log(run: RunDir) -> RolloutLog | None:
     return None if sig is None else _open_log(str(path), *sig)
 
 
+def require_rollout_log(run: RunDir, missing: str = "") -> RolloutLog:
+    """The run's rollout log, or an error / info box in the page and the script stopped."""
+    try:
+        log = rollout_log(run)
+    except LogError as exc:
+        st.error(f"Cannot open the rollout log: {exc}")
+        st.stop()
+    if log is None:
+        st.info(f"No `rollouts.jsonl` in `{run.root}`{missing}")
+        st.stop()
+    return log
+
+
 @st.cache_resource(max_entries=64, show_spinner=False)
 def _read(path: str, size: int, mtime_ns: int, entry: LogEntry) -> dict[str, Any]:
     return _open_log(path, size, mtime_ns).read(entry)

@@ -387,9 +387,8 @@ class VLLMRolloutEngine(RolloutEngine):
     ) -> Rollouts:
         if not prompts:
             raise ValueError("generate needs at least one prompt")
-        if (
-            seeds is None
-        ):  # from torch's global RNG: the trainer checkpoints it, so a resumed run draws the same
+        if seeds is None:
+            # from torch's global RNG: the trainer checkpoints it, so a resumed run draws the same
             seeds = torch.randint(0, _SEED_BOUND, (len(prompts),), dtype=torch.int64).tolist()
         elif len(seeds) != len(prompts):
             raise ValueError(f"{len(seeds)} seeds for {len(prompts)} prompts")

@@ -20,14 +20,7 @@ st.header("Compare text and speech")
 st.caption("The same prompt, read (left) and heard (right): where does the student leave the teacher only "
            "when it listens? Both sides share one colour scale.")
 run = state.current_run()
-try:
-    log = state.rollout_log(run)
-except LogError as exc:
-    st.error(f"Cannot open the rollout log: {exc}")
-    st.stop()
-if log is None:
-    st.info(f"No `rollouts.jsonl` in `{run.root}`.")
-    st.stop()
+log = state.require_rollout_log(run, ".")
 state.show_problems(log.problems, what="rollouts.jsonl")
 if not log.entries:
     st.warning("The rollout log has no readable rollouts yet.")

@@ -13,15 +13,8 @@ from app.rollout_view import present_fields, show_numbers, show_prompt, show_tok
 
 st.header("Rollouts")
 run = state.current_run()
-try:
-    log = state.rollout_log(run)
-except LogError as exc:
-    st.error(f"Cannot open the rollout log: {exc}")
-    st.stop()
-if log is None:
-    st.info(f"No `rollouts.jsonl` in `{run.root}`: the trainer writes it when `logging.rollout_log` is on. "
-            "The Training and Gap pages may still have something to show.")
-    st.stop()
+log = state.require_rollout_log(run, ": the trainer writes it when `logging.rollout_log` is on. "
+                                     "The Training and Gap pages may still have something to show.")
 state.show_problems(log.problems, what="rollouts.jsonl")
 if not log.entries:
     st.warning("The rollout log has no readable rollouts yet.")
