@@ -108,22 +108,34 @@ def gap_frames(
     ``overall`` = the macro mean over tasks) and gaps ``step, at, task, mode, diff, ci_lo, ci_hi, mcnemar_p,
     n`` (``overall`` = items pooled over tasks). ``at`` labels the report: its step, else its folder. A report
     whose fields do not have the expected shape is left out and named in ``problems``."""
-    acc, gap = [], []
-    for step, path, rep in reports:
-        if rep.get("kind") != "gap":
-            continue
-        at = _label(step, path, root)
-        try:
-            a, g = _gap_report_rows(step, at, rep)
-        except (AttributeError, KeyError, TypeError, ValueError, IndexError) as exc:
-            if problems is not None:
-                problems.append(f"{path}: not a well-formed gap report ({exc!r})")
-            continue
-        acc += a
-        gap += g
+    acc, gap = _report_rows(reports, "gap", _gap_report_rows, root, problems)
     acc_cols = ["step", "at", "task", "mode", "accuracy", "n", "extraction_fail_rate"]
     gap_cols = ["step", "at", "task", "mode", "diff", "ci_lo", "ci_hi", "mcnemar_p", "n"]
     return _numeric(pd.DataFrame(acc, columns=acc_cols)), _numeric(pd.DataFrame(gap, columns=gap_cols))
+
+
+def _report_rows(
+    reports: Sequence[tuple[int | None, Path, dict[str, Any]]],
+    kind: str,
+    rows_of: Any,
+    root: Path,
+    problems: list[str] | None,
+) -> tuple[list[dict], list[dict]]:
+    """``rows_of(step, label, report) -> (rows, rows)`` over the reports of ``kind``, concatenated; a report
+    whose fields do not have the expected shape is left out and named in ``problems``."""
+    first, second = [], []
+    for step, path, rep in reports:
+        if rep.get("kind") != kind:
+            continue
+        try:
+            a, b = rows_of(step, _label(step, path, root), rep)
+        except (AttributeError, KeyError, TypeError, ValueError, IndexError) as exc:
+            if problems is not None:
+                problems.append(f"{path}: not a well-formed {kind} report ({exc!r})")
+            continue
+        first += a
+        second += b
+    return first, second
 
 
 def _gap_report_rows(step: int | None, at: str, rep: dict[str, Any]) -> tuple[list[dict], list[dict]]:
@@ -161,19 +173,7 @@ def forgetting_frames(
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """From forgetting reports: deltas ``step, at, task, mode, base, model, diff, ci_lo, ci_hi, mcnemar_p``
     and the ASR word error rates ``step, at, base_wer, model_wer, delta, ci_lo, ci_hi``."""
-    rows, asr = [], []
-    for step, path, rep in reports:
-        if rep.get("kind") != "forgetting":
-            continue
-        at = _label(step, path, root)
-        try:
-            r, a = _forgetting_report_rows(step, at, rep)
-        except (AttributeError, KeyError, TypeError, ValueError, IndexError) as exc:
-            if problems is not None:
-                problems.append(f"{path}: not a well-formed forgetting report ({exc!r})")
-            continue
-        rows += r
-        asr += a
+    rows, asr = _report_rows(reports, "forgetting", _forgetting_report_rows, root, problems)
     cols = ["step", "at", "task", "mode", "base", "model", "diff", "ci_lo", "ci_hi", "mcnemar_p"]
     asr_cols = ["step", "at", "base_wer", "model_wer", "delta", "ci_lo", "ci_hi"]
     return _numeric(pd.DataFrame(rows, columns=cols)), _numeric(pd.DataFrame(asr, columns=asr_cols))
