@@ -32,6 +32,7 @@ class GapEvalHook:
         self.tasks = [load_task(n, split="test", limit=e.gap_limit, seed=cfg.seed) for n in e.gap_tasks or ()]
         self.variants = parse_variants(e.gap_variants)
         self.params = GenParams(max_new_tokens=e.gap_max_new_tokens, temperature=0.0, seed=cfg.seed)
+        self.backend: Any = None  # built once (tokenizer, processor); pointed at the live weights each time
 
     def __call__(self, step: int, student: ModelAdapter) -> dict[str, Any]:
         from evalsuite.backends.hf import HFBackend
@@ -41,13 +42,15 @@ class GapEvalHook:
         from evalsuite.run import SPEECH, TEXT, evaluate
 
         t0 = time.perf_counter()
-        backend = HFBackend(
-            student.source_path,
-            batch_size=self.cfg.eval.gap_batch_size,
-            dtype=student.dtype,
-            device=str(student.device),
-        )
-        backend.attach(student.model)  # the weights being trained, as they are now
+        if self.backend is None:
+            self.backend = HFBackend(
+                student.source_path,
+                batch_size=self.cfg.eval.gap_batch_size,
+                dtype=student.dtype,
+                device=str(student.device),
+            )
+        backend = self.backend
+        backend.attach(student.model)  # the weights being trained, as they are now (and a fresh fingerprint)
         modes = (TEXT, SPEECH) if student.is_speech else (TEXT,)
         was_training = student.model.training
         student.model.eval()
