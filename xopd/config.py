@@ -147,6 +147,17 @@ class LoggingConfig:
 
 
 @dataclass
+class DistributedConfig:
+    # under accelerate launch / torchrun. ddp: every process holds the whole model, gradients summed.
+    # fsdp: the student's decoder layers sharded across processes (xopd/sharding.py).
+    # auto: fsdp under `accelerate launch --use_fsdp`, else ddp
+    strategy: Literal["auto", "ddp", "fsdp"] = "auto"
+    # fsdp: free the gathered layer weights after each forward (re-gather in backward); None: the launcher's
+    # --fsdp_reshard_after_forward, else true
+    reshard_after_forward: bool | None = None
+
+
+@dataclass
 class DebugConfig:
     # Poison the loss with NaN at these steps: it flows through backward into the gradients, so the
     # skip-and-report path is exercised exactly as a real overflow would exercise it.
@@ -166,12 +177,22 @@ class RunConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
+    distributed: DistributedConfig = field(default_factory=DistributedConfig)
     debug: DebugConfig = field(default_factory=DebugConfig)
 
 
 # Keys that may differ between a checkpoint and the run resuming it: they change neither the trajectory nor
 # the meaning of the saved state (a longer schedule, other logging, another eval cadence).
-RESUMABLE_CHANGES = ("schedule.steps", "checkpoint.", "logging.", "eval.", "output_dir", "rollout.batch_size")
+# checkpoints hold the full state in one format, so the process count and strategy may change on resume
+RESUMABLE_CHANGES = (
+    "schedule.steps",
+    "checkpoint.",
+    "logging.",
+    "eval.",
+    "output_dir",
+    "rollout.batch_size",
+    "distributed.",
+)
 
 
 # ------------------------------------------------------------------------------------------------------------

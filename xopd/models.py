@@ -45,6 +45,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
 from xopd import losses
 from xopd.loading import ModelLoadError, checked_from_pretrained, resolve_config
+from xopd.sharding import copy_full_into
 
 SAMPLE_RATE = 16_000
 
@@ -845,9 +846,8 @@ def load_trainable_state(adapter: ModelAdapter, state: dict[str, Tensor]) -> Non
             f"checkpoint weights do not match the model's trainable parameters: missing {missing[:5]}, "
             f"unexpected {unexpected[:5]} (was the checkpoint written with another models.* config?)"
         )
-    with torch.no_grad():
-        for n, p in params.items():
-            p.copy_(state[n].to(p.device, p.dtype))
+    for n, p in params.items():
+        copy_full_into(p, state[n])  # a sharded (FSDP) parameter takes its own shard
 
 
 def export_pretrained(adapter: ModelAdapter, out_dir: str | Path) -> Path:

@@ -108,6 +108,8 @@ def pad_rollouts(parts: Sequence[Rollouts]) -> Rollouts:
 class RolloutEngine(ABC):
     """Samples completions for prompts from a model; see the module docstring."""
 
+    pushes_weights = False  # True: sync_weights reads the model's weights (the trainer gathers FSDP shards)
+
     @abstractmethod
     def generate(
         self, prompts: Sequence[Prompt], params: SamplingParams, seeds: Sequence[int] | None = None

@@ -10,7 +10,10 @@ float32 tensors per push would be pickled through ZMQ (and callables need
 ``VLLM_ALLOW_INSECURE_SERIALIZATION=1``). Building the engine leaves the trainer's process as it found it: the
 Python/NumPy/torch RNG states (vLLM seeds all three), ``torch.set_num_threads`` (vLLM's CPU worker replaces it
 by a no-op), the GC (vLLM freezes the heap) and vLLM's environment cache are restored; :meth:`close` tears
-down the torch.distributed group the in-process worker created.
+down the torch.distributed group the in-process worker created. Under ``accelerate launch`` / ``torchrun``
+every training process builds its own engine (tensor parallel 1) inside the launcher's process group
+(``distributed_executor_backend="external_launcher"``), and the trainer's FSDP shards are gathered for the
+push (:mod:`xopd.sharding`).
 
 **Sampling** (:meth:`VLLMRolloutEngine.generate`): prompt token ids straight from the adapter's
 :class:`~xopd.models.Prompt` (never re-tokenized; the HF processor's run of ``<|AUDIO|>`` ids collapsed to
@@ -54,6 +57,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.distributed as tdist
 from torch import Tensor, nn
 
 from xopd.models import SAMPLE_RATE, ModelAdapter, Prompt, released_qwen2_audio_key
@@ -294,6 +298,8 @@ def collapse_audio(ids: Sequence[int], audio: int) -> list[int]:
 class VLLMRolloutEngine(RolloutEngine):
     """A colocated vLLM engine sampling from the student; see the module docstring."""
 
+    pushes_weights = True
+
     def __init__(
         self,
         adapter: ModelAdapter,
@@ -330,6 +336,17 @@ class VLLMRolloutEngine(RolloutEngine):
             **({"max_model_len": max_model_len} if max_model_len else {}),
             **({"limit_mm_per_prompt": {"audio": 1}} if adapter.is_speech else {}),
         }
+        self.launched = tdist.is_available() and tdist.is_initialized() and tdist.get_world_size() > 1
+        if self.launched:
+            # under accelerate launch / torchrun: one engine per training process, joined to the launcher's
+            # process group instead of creating its own (vLLM's external_launcher; TRL's colocate mode)
+            if tensor_parallel_size > 1:
+                raise ValueError(
+                    "rollout.vllm_tensor_parallel_size > 1 under a multi-process launch is not supported: "
+                    "each training process runs its own engine (tensor parallel 1); use one process with "
+                    "tensor parallel rollouts, or several processes with one GPU each"
+                )
+            args["distributed_executor_backend"] = "external_launcher"
         if not on_gpu:
             _cpu_environment()
         import vllm
@@ -468,9 +485,13 @@ class VLLMRolloutEngine(RolloutEngine):
         llm = getattr(self, "llm", None)
         if llm is None:
             return
-        from vllm.distributed.parallel_state import cleanup_dist_env_and_memory
+        from vllm.distributed.parallel_state import cleanup_dist_env_and_memory, destroy_model_parallel
 
         llm.llm_engine.engine_core.shutdown()
         self.llm = None
         del llm
-        cleanup_dist_env_and_memory()
+        if self.launched:
+            destroy_model_parallel()  # vLLM's groups only: the launcher's process group is the trainer's
+            gc.collect()
+        else:
+            cleanup_dist_env_and_memory()

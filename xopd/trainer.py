@@ -27,6 +27,8 @@ losses, same samples.
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import hashlib
 import json
 import math
@@ -47,7 +49,7 @@ import torch
 import yaml
 from torch import Tensor
 
-from xopd import losses
+from xopd import losses, sharding
 from xopd.config import ConfigError, RunConfig, incompatible_changes, to_dict, to_yaml
 from xopd.data import (
     Draw,
@@ -70,7 +72,6 @@ from xopd.models import (
     load_student,
     load_teacher,
     load_trainable_state,
-    trainable_state,
 )
 from xopd.paths import atomic_dir, atomic_write_text
 from xopd.rollout import RolloutEngine, Rollouts, SamplingParams, make_engine, sample_numbers
@@ -145,6 +146,7 @@ class Run:
     dist: Dist = field(default_factory=Dist)  # this process's rank among world_size (accelerate launch)
     builtin_hooks: list[EvalHook] = field(default_factory=list)  # from the config (eval.gap_tasks)
     seed_per_prompt: bool = False
+    sharded: sharding.Sharded = field(default_factory=sharding.Sharded)  # FSDP units (none: not sharded)
 
     @property
     def modalities(self) -> list[str]:
@@ -164,11 +166,19 @@ def setup(cfg: RunConfig) -> Run:
             f"schedule.batch_prompts={cfg.schedule.batch_prompts} is smaller than the {dist.world_size} "
             "processes sharing it; every process needs at least one prompt per step"
         )
+    strategy = parallel_strategy(cfg, dist)
+    if strategy == "fsdp" and cfg.schedule.batch_prompts % dist.world_size:
+        # a sharded forward is a collective: every process must run as many micro-batches as the others
+        raise ConfigError(
+            f"distributed.strategy=fsdp: schedule.batch_prompts={cfg.schedule.batch_prompts} must be a "
+            f"multiple of the {dist.world_size} processes"
+        )
     if dist.active and cfg.models.device == "auto":
         cfg.models.device = launched_device() or "auto"  # accelerate's cuda:<local rank> (or cpu)
     resume_from = find_resume(cfg, out)
     seed_everything(cfg.seed)  # before loading: LoRA's initialisation draws from torch's RNG
-    student, teacher = load_student(cfg.models), load_teacher(cfg.models)
+    with sharding.every_process_loads():
+        student, teacher = load_student(cfg.models), load_teacher(cfg.models)
     if SPEECH in active_modalities(cfg) and not student.is_speech:
         raise ConfigError(
             f"student {cfg.models.student!r} is a text LLM; set loss.lam=1 to train on text only"
@@ -200,9 +210,14 @@ def setup(cfg: RunConfig) -> Run:
         variants=cfg.data.variants,
     )
     eval_pairs = load_eval_pairs(cfg) if (cfg.eval.every or cfg.eval.at_start or cfg.eval.at_end) else []
-    params = [p for _, p in student.trainable_parameters()]
+    sharded = sharding.Sharded()
+    if strategy == "fsdp":
+        after_forward = cfg.distributed.reshard_after_forward
+        if after_forward is None:
+            after_forward = sharding.launcher_reshard_after_forward()
+        sharded = sharding.shard(student, reshard_after_forward=after_forward is not False)
     optimizer = torch.optim.AdamW(
-        params,
+        sharding.optimizer_groups(student),  # layers | the rest: a fused step takes one tensor kind
         fused=True,  # one kernel over all parameters (CPU and CUDA); the per-tensor loop is ~1.5x slower
         lr=cfg.optim.lr,
         betas=tuple(cfg.optim.betas),
@@ -229,6 +244,7 @@ def setup(cfg: RunConfig) -> Run:
         seed_per_prompt=cfg.rollout.seed_per_prompt
         if cfg.rollout.seed_per_prompt is not None
         else dist.active,
+        sharded=sharded,
     )
     if cfg.eval.gap_tasks:
         run.builtin_hooks.append(GapEvalHook(cfg, out))
@@ -244,10 +260,27 @@ def setup(cfg: RunConfig) -> Run:
         f"xopd-train: {cfg.loss.kind} | student {cfg.models.student} | teacher {cfg.models.teacher} | "
         f"shared vocab {vocab} | {len(stream.pairs)} train pairs, {len(eval_pairs)} held-out | "
         f"{'resumed at step ' + str(run.step) if resume_from else 'fresh start'} | output {out}"
-        + (f" | {dist.world_size} processes" if dist.active else ""),
+        + (f" | {dist.world_size} processes, {strategy}" if dist.active else "")
+        + (f" ({sharded_share(run)})" if sharded else ""),
         run,
     )
     return run
+
+
+def parallel_strategy(cfg: RunConfig, dist: Dist) -> str:
+    """``single`` (one process), ``ddp`` or ``fsdp`` (``auto``: fsdp under accelerate launch --use_fsdp)."""
+    if not dist.active:
+        return "single"
+    strategy = cfg.distributed.strategy
+    if strategy == "auto":
+        strategy = "fsdp" if sharding.fsdp_requested() else "ddp"
+    return strategy
+
+
+def sharded_share(run: Run) -> str:
+    params = [p for _, p in run.student.trainable_parameters()]
+    mine, total = sharding.local_numel(params), sum(p.numel() for p in params)
+    return f"this process holds {mine:,} of the {total:,} trained weights, {100 * mine / total:.1f}%"
 
 
 def seed_everything(seed: int) -> None:
@@ -333,19 +366,23 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 def save_checkpoint(run: Run, step: int) -> Path:
     """Write ``checkpoints/step-NNNNNN`` atomically (main process), then drop all but the last ``keep_last``.
-    Every process holds the same weights and optimizer state (same gradients, same steps)."""
+    Every process holds the same weights and optimizer state (same gradients, same steps), or under FSDP its
+    shard of them, gathered here whole: a checkpoint has one format for any number of processes."""
     from safetensors.torch import save_file
 
     target = run.out / "checkpoints" / f"step-{step:06d}"
-    if not run.dist.is_main:
+    main = run.dist.is_main
+    weights = sharding.full_trainable_state(run.student, keep=main)  # collectives under FSDP
+    optimizer_state = sharding.full_optimizer_state(run.optimizer, keep=main)
+    if not main:
         run.dist.barrier()
         return target
     with atomic_dir(target) as tmp:
-        save_file(trainable_state(run.student), str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        save_file(weights, str(tmp / "model.safetensors"), metadata={"format": "pt"})
         torch.save(
             {
                 "step": step,
-                "optimizer": run.optimizer.state_dict(),
+                "optimizer": optimizer_state,
                 "scheduler": run.scheduler.state_dict(),
                 "rng": rng_state(),
                 "data": run.stream.state_dict(),
@@ -391,7 +428,10 @@ def restore_checkpoint(run: Run, path: Path) -> None:
         )
     load_trainable_state(run.student, load_file(str(path / "model.safetensors")))
     state = torch.load(path / "trainer_state.pt", map_location="cpu", weights_only=True)
-    run.optimizer.load_state_dict(state["optimizer"])
+    try:
+        sharding.load_optimizer_state(run.optimizer, state["optimizer"])
+    except ValueError as err:  # e.g. a checkpoint from before the two parameter groups
+        raise ResumeError(f"cannot resume from {path}: its optimizer state does not fit ({err})") from err
     run.scheduler.load_state_dict(state["scheduler"])
     run.stream.load_state_dict(state["data"])
     set_rng_state(state["rng"])
@@ -474,14 +514,17 @@ def make_batch(run: Run, draws: list[Draw], step: int) -> Batch:
         shared = run.teacher_engine.generate(teacher_prompts, sampling(run.cfg), seeds("teacher"))
         sampled += int(shared.mask.sum())
     parts = {}
-    for m in run.modalities:
-        prompts, paths = student_prompts(
-            run.student, [d.pair for d in draws], m, [d.variant for d in draws], run.cfg.data.system_prompt
-        )
-        seqs = shared if shared is not None else run.engine.generate(prompts, sampling(run.cfg), seeds(m))
-        if shared is None:
-            sampled += int(seqs.mask.sum())
-        parts[m] = ModalityBatch(m, prompts, teacher_prompts, seqs, paths, sampled_by_student=shared is None)
+    # FSDP: whole layers while sampling (each process samples a different number of tokens)
+    with run.sharded.gathered() if shared is None else contextlib.nullcontext():
+        for m in run.modalities:
+            pairs, variants = [d.pair for d in draws], [d.variant for d in draws]
+            prompts, paths = student_prompts(run.student, pairs, m, variants, run.cfg.data.system_prompt)
+            seqs = shared if shared is not None else run.engine.generate(prompts, sampling(run.cfg), seeds(m))
+            if shared is None:
+                sampled += int(seqs.mask.sum())
+            parts[m] = ModalityBatch(
+                m, prompts, teacher_prompts, seqs, paths, sampled_by_student=shared is None
+            )
     return Batch(draws, parts, sampled)
 
 
@@ -545,16 +588,19 @@ def update(run: Run, batch: Batch, step: int, *, log_tokens: bool = False) -> St
             loss = loss * float("nan")
         loss.backward()
         loss_sum += float(loss.detach())
-    run.dist.reduce_gradients(params)  # sum over processes: the global batch's gradient everywhere
+    # sum over processes: the global batch's gradient everywhere (FSDP's reduce-scatter already summed the
+    # sharded layers')
+    run.dist.reduce_gradients([p for p in params if not sharding.is_sharded(p)])
     loss_sum, *mod_values = run.dist.sum([loss_sum, *(mod_sum[m] for m in run.modalities)])
     mod_sum = dict(zip(run.modalities, mod_values, strict=True))
     max_norm = cfg.optim.max_grad_norm if cfg.optim.max_grad_norm is not None else float("inf")
-    grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm))
+    grad_norm = sharding.clip_grad_norm(params, max_norm)
     lr = run.optimizer.param_groups[0]["lr"]  # the rate this step used (before the schedule moves on)
     skipped = not (math.isfinite(loss_sum) and math.isfinite(grad_norm))
     if not skipped:
         run.optimizer.step()
-        run.engine.sync_weights()
+        with run.sharded.gathered() if run.engine.pushes_weights else contextlib.nullcontext():
+            run.engine.sync_weights()
     run.optimizer.zero_grad(set_to_none=True)
     with warnings.catch_warnings():  # after a skipped first step torch warns that the scheduler ran first
         warnings.simplefilter("ignore", UserWarning)
@@ -875,10 +921,15 @@ def heldout_reverse_kl(
 def evaluate(run: Run, step: int, hooks: Sequence[EvalHook] = ()) -> dict[str, Any]:
     """The eval hook (main process): held-out reverse KL (both modalities), the xopd-eval gap on
     ``eval.gap_tasks`` (reports under ``evals/step-NNNNNN/``), then extra hooks."""
-    cfg = run.cfg
     hooks = [*run.builtin_hooks, *hooks]
-    if not run.dist.is_main or (not run.eval_pairs and not hooks):
+    if not run.eval_pairs and not hooks:
         return {}
+    with run.sharded.gathered():  # FSDP: every process gathers the layers, the main one evaluates
+        return _evaluate(run, step, hooks) if run.dist.is_main else {}
+
+
+def _evaluate(run: Run, step: int, hooks: Sequence[EvalHook]) -> dict[str, Any]:
+    cfg = run.cfg
     record: dict[str, Any] = {"step": step}
     if run.eval_pairs:
         modalities = [TEXT, SPEECH] if run.student.is_speech else [TEXT]
@@ -917,12 +968,20 @@ def evaluate(run: Run, step: int, hooks: Sequence[EvalHook] = ()) -> dict[str, A
 def finish(run: Run) -> dict[str, Any]:
     cfg = run.cfg
     final = None
+    student = run.student
+    if cfg.checkpoint.export_final and run.sharded:
+        # FSDP: the trained weights gathered whole into a fresh unsharded copy (LoRA merges on it)
+        state = sharding.full_trainable_state(run.student, keep=run.dist.is_main)
+        if run.dist.is_main:
+            with sharding.every_process_loads():
+                student = load_student(dataclasses.replace(cfg.models, device="cpu"))
+            load_trainable_state(student, state)
     if not run.dist.is_main:
         run.dist.barrier()
         return {"steps": run.step, "rank": run.dist.rank}
     if cfg.checkpoint.export_final:
         with atomic_dir(run.out / "final") as tmp:
-            export_pretrained(run.student, tmp)
+            export_pretrained(student, tmp)
             (tmp / "xopd_train.json").write_text(
                 json.dumps({"step": run.step, "config": to_dict(cfg)}, indent=2)
             )
