@@ -173,6 +173,7 @@ def test_fsdp_shards_the_layers_and_updates_like_one_process(baseline, fsdp_run)
         t.numel() for k, t in _weights(baseline).items() if ".layers." in k
     )
     assert mine == total - layers // 2, (mine, total, layers)
+    assert "of the teacher's 205,376, 81.9%" in stderr  # its layers sharded as well (the same shapes)
     # Summation order differs (reduce-scatter, per-shard norms), so not bit for bit: AdamW divides each
     # gradient by its own running magnitude, which turns last-bit differences in near-zero gradients into
     # weight differences of a few 1e-6 at lr 1e-3. The moments above are compared to 1e-4 relative.

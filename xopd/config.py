@@ -155,6 +155,8 @@ class DistributedConfig:
     # fsdp: free the gathered layer weights after each forward (re-gather in backward); None: the launcher's
     # --fsdp_reshard_after_forward, else true
     reshard_after_forward: bool | None = None
+    # fsdp: the teacher's layers sharded too (it only runs forwards: 1/N of its weights per process)
+    shard_teacher: bool = True
 
 
 @dataclass

@@ -4,9 +4,10 @@ What is sharded: the student's decoder layers, each one an FSDP2 unit (``fully_s
 (the transformers model) that manages nothing itself. Their weights, gradients and AdamW moments live 1/N
 per process. What stays replicated: the embeddings, the final norm, the lm_head (the chunked losses multiply
 hidden states by the head weight outside the model's forward, so it must be an ordinary tensor), the frozen
-audio encoder and projector, and the teacher. Their gradients are summed by :meth:`xopd.distributed.Dist.
-reduce_gradients`, the layers' by FSDP's reduce-scatter -- set to a plain sum, because the losses already
-divide by the global batch's counts (what one process on the whole batch computes).
+audio encoder and projector. Their gradients are summed by :meth:`xopd.distributed.Dist.reduce_gradients`,
+the layers' by FSDP's reduce-scatter -- set to a plain sum, because the losses already divide by the global
+batch's counts (what one process on the whole batch computes). The teacher's layers can be sharded the same
+way (:func:`shard` on it; it only runs forwards).
 
 Sharded forwards are collectives: every process must run as many of them as the others. Training does (every
 process gets the same number of prompts, so the same micro-batches). Sampling and evaluation do not (rollout

@@ -147,6 +147,7 @@ class Run:
     builtin_hooks: list[EvalHook] = field(default_factory=list)  # from the config (eval.gap_tasks)
     seed_per_prompt: bool = False
     sharded: sharding.Sharded = field(default_factory=sharding.Sharded)  # FSDP units (none: not sharded)
+    teacher_sharded: sharding.Sharded = field(default_factory=sharding.Sharded)
 
     @property
     def modalities(self) -> list[str]:
@@ -210,12 +211,14 @@ def setup(cfg: RunConfig) -> Run:
         variants=cfg.data.variants,
     )
     eval_pairs = load_eval_pairs(cfg) if (cfg.eval.every or cfg.eval.at_start or cfg.eval.at_end) else []
-    sharded = sharding.Sharded()
+    sharded = teacher_sharded = sharding.Sharded()
     if strategy == "fsdp":
         after_forward = cfg.distributed.reshard_after_forward
         if after_forward is None:
             after_forward = sharding.launcher_reshard_after_forward()
         sharded = sharding.shard(student, reshard_after_forward=after_forward is not False)
+        if cfg.distributed.shard_teacher:
+            teacher_sharded = sharding.shard(teacher)
     optimizer = torch.optim.AdamW(
         sharding.optimizer_groups(student),  # layers | the rest: a fused step takes one tensor kind
         fused=True,  # one kernel over all parameters (CPU and CUDA); the per-tensor loop is ~1.5x slower
@@ -245,6 +248,7 @@ def setup(cfg: RunConfig) -> Run:
         if cfg.rollout.seed_per_prompt is not None
         else dist.active,
         sharded=sharded,
+        teacher_sharded=teacher_sharded,
     )
     if cfg.eval.gap_tasks:
         run.builtin_hooks.append(GapEvalHook(cfg, out))
@@ -280,7 +284,12 @@ def parallel_strategy(cfg: RunConfig, dist: Dist) -> str:
 def sharded_share(run: Run) -> str:
     params = [p for _, p in run.student.trainable_parameters()]
     mine, total = sharding.local_numel(params), sum(p.numel() for p in params)
-    return f"this process holds {mine:,} of the {total:,} trained weights, {100 * mine / total:.1f}%"
+    line = f"this process holds {mine:,} of the {total:,} trained weights, {100 * mine / total:.1f}%"
+    if run.teacher_sharded:
+        params = list(run.teacher.core.parameters())
+        mine, total = sharding.local_numel(params), sum(p.numel() for p in params)
+        line += f"; of the teacher's {total:,}, {100 * mine / total:.1f}%"
+    return line
 
 
 def seed_everything(seed: int) -> None:
@@ -511,7 +520,8 @@ def make_batch(run: Run, draws: list[Draw], step: int) -> Batch:
     if kind == "sft":
         shared = reference_rollouts(run, draws)
     elif kind == "offline_kd":
-        shared = run.teacher_engine.generate(teacher_prompts, sampling(run.cfg), seeds("teacher"))
+        with run.teacher_sharded.gathered():
+            shared = run.teacher_engine.generate(teacher_prompts, sampling(run.cfg), seeds("teacher"))
         sampled += int(shared.mask.sum())
     parts = {}
     # FSDP: whole layers while sampling (each process samples a different number of tokens)
@@ -924,14 +934,18 @@ def evaluate(run: Run, step: int, hooks: Sequence[EvalHook] = ()) -> dict[str, A
     hooks = [*run.builtin_hooks, *hooks]
     if not run.eval_pairs and not hooks:
         return {}
-    with run.sharded.gathered():  # FSDP: every process gathers the layers, the main one evaluates
-        return _evaluate(run, step, hooks) if run.dist.is_main else {}
+    with run.sharded.gathered():  # FSDP: the student's layers whole in every process
+        # a sharded teacher's forwards are collectives: then every process computes the held-out KL (the
+        # same samples, the same numbers) and the main one keeps it
+        everyone = bool(run.teacher_sharded)
+        record = _evaluate(run, step, hooks, heldout=run.dist.is_main or everyone)
+    return record if run.dist.is_main else {}
 
 
-def _evaluate(run: Run, step: int, hooks: Sequence[EvalHook]) -> dict[str, Any]:
+def _evaluate(run: Run, step: int, hooks: Sequence[EvalHook], *, heldout: bool) -> dict[str, Any]:
     cfg = run.cfg
     record: dict[str, Any] = {"step": step}
-    if run.eval_pairs:
+    if run.eval_pairs and heldout:
         modalities = [TEXT, SPEECH] if run.student.is_speech else [TEXT]
         record.update(
             heldout_reverse_kl(
@@ -949,6 +963,8 @@ def _evaluate(run: Run, step: int, hooks: Sequence[EvalHook]) -> dict[str, Any]:
                 variant=cfg.data.variants[0],
             )
         )
+    if not run.dist.is_main:
+        return record
     for hook in hooks:
         record.update(hook(step, run.student))
     run.last_eval = record
