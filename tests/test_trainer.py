@@ -558,3 +558,23 @@ def test_data_pairs_and_stream_position(tmp_path):
     f.write_text('{"text": "What is 2 plus 3?", "audio": "missing.wav"}\n')
     with pytest.raises(DataError, match="missing.wav"):
         jsonl_pairs(f)
+
+
+def test_resume_refuses_an_optimizer_state_of_another_layout(tmp_path):
+    """Checkpoints from before the two AdamW groups (layers | the rest) held one group: resuming one is a
+    ResumeError naming the checkpoint, not a crash inside torch. ``distributed.*`` may change on resume."""
+    from xopd.trainer import ResumeError
+
+    out = tmp_path / "run"
+    common = ("eval.at_start=false", "eval.at_end=false", "checkpoint.export_final=false")
+    run_train(out, "schedule.steps=1", *common)
+    ckpt = out / "checkpoints" / "step-000001"
+    state = torch.load(ckpt / "trainer_state.pt", weights_only=True)
+    groups = state["optimizer"]["param_groups"]
+    assert len(groups) == 2  # decoder layers, then embeddings / norm / head
+    merged = {**groups[0], "params": [i for g in groups for i in g["params"]]}
+    old = {**state, "optimizer": {**state["optimizer"], "param_groups": [merged]}}
+    torch.save(old, ckpt / "trainer_state.pt")
+    with pytest.raises(ResumeError, match=r"step-000001.*optimizer state does not fit"):
+        # (a changed distributed.strategy alone is allowed: only the optimizer state is refused)
+        run_train(out, "schedule.steps=2", *common, "distributed.strategy=fsdp")
