@@ -12,8 +12,9 @@ depend on which process drew it. Only the main process writes logs, checkpoints 
 send it their rollout records and statistics.
 
 Launch: ``accelerate launch --num_processes 8 -m xopd.cli --config R.yaml`` (GPUs: NCCL), or on CPUs
-``accelerate launch --cpu --num_processes 2 -m xopd.cli ...`` (gloo). ``accelerate`` initialises the process
-group and sets each process's device.
+``accelerate launch --multi_gpu --num_processes 2 -m xopd.cli ...`` (gloo; ``--cpu`` would start independent
+single-process runs). ``accelerate`` initialises the process group and sets each process's device. With
+``--use_fsdp`` the decoder layers are sharded instead of replicated: :mod:`xopd.sharding`.
 """
 
 from __future__ import annotations
