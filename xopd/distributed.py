@@ -13,8 +13,9 @@ send it their rollout records and statistics.
 
 Launch: ``accelerate launch --num_processes 8 -m xopd.cli --config R.yaml`` (GPUs: NCCL), or on CPUs
 ``accelerate launch --multi_gpu --num_processes 2 -m xopd.cli ...`` (gloo; the flag picks accelerate's
-torchrun launcher, as tests/test_distributed.py does). ``accelerate`` initialises the process group and sets each process's device. With
-``--use_fsdp`` the decoder layers are sharded instead of replicated: :mod:`xopd.sharding`.
+torchrun launcher, as tests/test_distributed.py does). ``accelerate`` initialises the process group and sets
+each process's device. With ``--use_fsdp`` the decoder layers are sharded instead of replicated:
+:mod:`xopd.sharding`.
 """
 
 from __future__ import annotations
