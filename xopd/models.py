@@ -833,11 +833,6 @@ def check_pair(student: ModelAdapter, teacher: ModelAdapter) -> int:
 # ------------------------------------------------------------------------------------------------------------
 
 
-def trainable_state(adapter: ModelAdapter) -> dict[str, Tensor]:
-    """The trained weights (names as in ``core.named_parameters()``), detached CPU copies."""
-    return {n: p.detach().to("cpu").contiguous().clone() for n, p in adapter.trainable_parameters()}
-
-
 def load_trainable_state(adapter: ModelAdapter, state: dict[str, Tensor]) -> None:
     params = dict(adapter.trainable_parameters())
     missing, unexpected = sorted(set(params) - set(state)), sorted(set(state) - set(params))

@@ -177,11 +177,12 @@ def clip_grad_norm(params: Sequence[Tensor], max_norm: float) -> float:
 def full_tensor(t: Tensor, *, keep: bool) -> Tensor | None:
     """``t`` whole on CPU (a collective for a sharded ``t``); ``None`` where ``keep`` is false."""
     whole = t.full_tensor() if is_sharded(t) else t
-    return whole.detach().to("cpu").clone() if keep else None
+    return whole.detach().to("cpu").contiguous().clone() if keep else None
 
 
 def full_trainable_state(adapter: ModelAdapter, *, keep: bool) -> dict[str, Tensor]:
-    """The trained weights, gathered whole (every process must call it; only ``keep`` ones get them)."""
+    """The trained weights (names as in ``core.named_parameters()``) as whole CPU copies, sharded ones
+    gathered (every process must call it; only ``keep`` ones get them)."""
     out = {}
     for name, p in adapter.trainable_parameters():
         t = full_tensor(p, keep=keep)
