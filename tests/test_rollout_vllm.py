@@ -26,6 +26,7 @@ from pathlib import Path
 import pytest
 import torch
 from transformers import AutoConfig, AutoTokenizer
+from vllm_runs import TOL, TWO_VLLM_STEPS, sampler_gaps
 
 from evalsuite.tts import espeak_synthesize
 from xopd.config import ModelsConfig
@@ -36,10 +37,6 @@ pytestmark = pytest.mark.slow
 vllm = pytest.importorskip("vllm")
 
 ROOT = Path(__file__).resolve().parents[1]
-# |vLLM sampler log-prob - HF log-prob| of the same token, float32 on both sides. Measured here: <= 3.5e-5
-# (oneDNN vs torch matmuls); a wrong distribution (raw instead of processed log-probs, banned ids not
-# renormalised away, temperature ignored, stale weights) is off by > 1e-2.
-TOL = 1e-3
 QUESTIONS = ["What is 61 minus 49?", "What is the capital of France?"]
 INSTRUCTION = "Answer with the number or the word only."
 SEEDS = [11, 12, 13, 14]
@@ -260,16 +257,7 @@ def test_two_training_steps_with_the_vllm_engine(tmp_path: Path) -> None:
         "--config",
         str(ROOT / "recipes" / "demo.yaml"),
         f"output_dir={out}",
-        "rollout.engine=vllm",
-        "schedule.steps=2",
-        "data.limit=8",
-        "eval.at_start=false",
-        "eval.at_end=false",
-        "eval.every=0",
-        "checkpoint.every=0",
-        "checkpoint.export_final=false",
-        "logging.progress=false",
-        "rollout.max_new_tokens=8",
+        *TWO_VLLM_STEPS,
     ]
     start = time.perf_counter()
     proc = subprocess.run(cmd, cwd=ROOT, env=dict(os.environ), capture_output=True, text=True, timeout=600)
@@ -279,11 +267,6 @@ def test_two_training_steps_with_the_vllm_engine(tmp_path: Path) -> None:
     assert {r["step"] for r in rows} == {1, 2}
     assert {r["modality"] for r in rows} == {"text", "speech"}
     for step in (1, 2):
-        diffs = [
-            abs(s - p)
-            for r in rows
-            if r["step"] == step
-            for s, p in zip(r["tokens"]["sampler_lp"], r["tokens"]["student_lp"], strict=True)
-        ]
+        diffs = sampler_gaps(rows, step)
         print(f"step {step}: max |sampler_lp - student_lp| = {max(diffs):.2e} over {len(diffs)} tokens")
         assert diffs and max(diffs) < TOL
