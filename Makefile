@@ -14,7 +14,7 @@ demo: setup
 	$(VENV)/bin/xopd-eval gap --output artifacts/gap
 
 test: setup
-	HF_HUB_OFFLINE=1 $(VENV)/bin/python -m pytest -q
+	HF_HUB_OFFLINE=1 XOPD_OFFLINE=1 $(VENV)/bin/python -m pytest -q
 
 test-fast: setup
-	HF_HUB_OFFLINE=1 $(VENV)/bin/python -m pytest -q -m "not slow"
+	HF_HUB_OFFLINE=1 XOPD_OFFLINE=1 $(VENV)/bin/python -m pytest -q -m "not slow"

@@ -1,7 +1,7 @@
 """``xopd-eval divergence``: where a student leaves its teacher, token by token -- scored on demand or read
 from a training run.
 
-    xopd-eval divergence --model xopd-speech-smollm2 --teacher smollm2-135m-instruct --tasks arithmetic \\
+    xopd-eval divergence --model xopd-speech-smollm2 --teacher smollm2-135m-instruct --tasks sums \\
         --limit 4 --output artifacts/divergence
     xopd-eval divergence --logdir artifacts/tiny            # summarise a trainer's rollout log (read only)
 
@@ -34,7 +34,8 @@ def _log(msg: str) -> None:
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=None, help="student: zoo name, fixture:<key>, HF id or path")
     p.add_argument("--teacher", default=None, help="text teacher sharing the student's vocabulary")
-    p.add_argument("--tasks", default="arithmetic", help="comma-separated evalsuite tasks (test split)")
+    p.add_argument("--tasks", default="sums,counting,syllogism,family",
+                   help="comma-separated evalsuite tasks (test split; default: the default mix)")
     p.add_argument("--limit", type=int, default=8, help="items per task")
     p.add_argument("--modalities", default="text,speech", help="text, speech or both")
     p.add_argument("--n", type=int, default=1, help="rollouts per prompt and modality")

@@ -12,6 +12,8 @@ import os
 import sys
 from pathlib import Path
 
+from xopd.cli_errors import APP_ERRORS, run_cli
+
 SCRIPT = Path(__file__).resolve().parent / "explorer.py"
 DEFAULT_PORT = 8501
 
@@ -33,6 +35,11 @@ def streamlit_argv(logdir: Path, port: int, address: str = "127.0.0.1") -> list[
 
 
 def main(argv: list[str] | None = None) -> int:
+    # a missing or unreadable --logdir, a python that cannot be exec'ed: "xopd-app: <message>", exit 2
+    return run_cli("xopd-app", _serve, argv, expected=APP_ERRORS)
+
+
+def _serve(argv: list[str] | None) -> int:
     parser = argparse.ArgumentParser(
         prog="xopd-app",
         description="Explore rollout logs (per-token teacher–student divergence), training curves and eval "

@@ -24,7 +24,7 @@ too. Results go to ``bench/results/eval_throughput.json``.
 Usage::
 
     .venv/bin/python bench/eval_throughput.py [--limit 32] [--max-new-tokens 32] \
-        [--model smollm2-135m-instruct] [--task arithmetic] [--batch-size 8] [--repeats 3] [--threads N]
+        [--model smollm2-135m-instruct] [--task sums] [--batch-size 8] [--repeats 3] [--threads N]
 
 On a machine that other jobs share, pass ``--threads 1`` (see ``--help`` and bench/README.md).
 """
@@ -114,7 +114,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--limit", type=int, default=32, help="items of the task (default 32)")
     p.add_argument("--max-new-tokens", type=int, default=32, help="answer length cap (default 32)")
     p.add_argument("--model", default="smollm2-135m-instruct", help="a text LLM: zoo name or local path")
-    p.add_argument("--task", default="arithmetic", help="an evalsuite task (default arithmetic)")
+    p.add_argument("--task", default="sums", help="an evalsuite task (default sums, from the default mix)")
     p.add_argument("--batch-size", type=int, default=8, help="requests per generate call, both hf engines")
     p.add_argument("--repeats", type=int, default=3, help="timed passes per engine (hf ones interleaved)")
     p.add_argument(

@@ -71,7 +71,7 @@ the whole-process peaks), the per-CPU-second ratio under it, and writes ``bench/
 Usage::
 
     .venv/bin/python bench/opd_vs_trl.py [--model smollm2-135m-instruct] [--teacher MODEL] \
-        [--task arithmetic] [--prompts-per-step 4] [--n 2] [--max-new-tokens 32] [--steps 3] \
+        [--task sums,counting,syllogism,family] [--prompts-per-step 4] [--n 2] [--max-new-tokens 32] [--steps 3] \
         [--rounds 2] [--threads 1] [--no-profile]
 """
 
@@ -177,11 +177,16 @@ def model_dir(name: str) -> str:
 
 
 def write_prompts(task: str, count: int, seed: int, path: Path) -> None:
-    """``count`` text prompts of ``task``'s train split (``xopd.data.task_pairs``: a pick seeded by ``seed``,
-    in source order) as the JSONL ``data.jsonl`` reads: the one prompt list both trainers walk in order."""
+    """``count`` text prompts of the train splits of ``task`` (comma-separated names, taken in turn;
+    ``xopd.data.task_pairs``: a pick seeded by ``seed``, in source order) as the JSONL ``data.jsonl`` reads:
+    the one prompt list both trainers walk in order."""
+    from itertools import chain, zip_longest
+
     from xopd.data import task_pairs
 
-    pairs = task_pairs(task, split="train", limit=count, seed=seed)
+    names = [t for t in task.split(",") if t]
+    per_task = [task_pairs(n, split="train", limit=-(-count // len(names)), seed=seed) for n in names]
+    pairs = [p for p in chain.from_iterable(zip_longest(*per_task)) if p is not None][:count]
     if len(pairs) < count:
         raise SystemExit(f"task {task!r} has {len(pairs)} train items; the bench needs {count}")
     path.write_text("".join(json.dumps({"id": p.id, "text": p.text}) + "\n" for p in pairs))
@@ -567,7 +572,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default="hf",
         help="xopd's rollout engine; hf (default) is like for like with TRL's sampler, vllm is not",
     )
-    p.add_argument("--task", default="arithmetic", help="evalsuite task whose train split gives the prompts")
+    p.add_argument("--task", default="sums,counting,syllogism,family",
+                   help="evalsuite task(s), comma-separated, whose train splits give the prompts (default: the mix)")
     p.add_argument("--prompts-per-step", type=int, default=4, help="prompts per optimizer step (default 4)")
     p.add_argument("--n", type=int, default=2, help="completions per prompt (default 2)")
     p.add_argument(

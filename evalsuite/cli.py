@@ -16,10 +16,12 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+from xopd.cli_errors import EVAL_ERRORS, run_cli
+
 DEFAULT_MODEL = "cascade:"
-DEFAULT_TASKS = "arithmetic,object_counting,navigate,sports_understanding"
+DEFAULT_TASKS = "sums,counting,syllogism,family"  # evalsuite.tasks.DEFAULT_MIX (kept import-free)
 DEFAULT_LIMIT = 20
-DEFAULT_VARIANTS = "clean"
+DEFAULT_VARIANTS = "hibari"  # the bundled neural voice: Whisper hears its numbers back (see speech-check)
 
 
 def _log(msg: str) -> None:
@@ -38,6 +40,19 @@ def _load_tasks(args):
 
     names = [t.strip() for t in args.tasks.split(",") if t.strip()]
     return [load_task(n, split="test", limit=args.limit, seed=args.seed) for n in names]
+
+
+def resolve_backend(name: str | None) -> str:
+    """``--backend``: as given, else ``vllm`` when vLLM imports here and ``hf`` (with a one-line notice) when not."""
+    if name:
+        return name
+    try:
+        import vllm  # noqa: F401
+    except Exception as exc:  # noqa: BLE001 - any broken install means "not usable here"
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        _log(f"note: vLLM does not import here ({type(exc).__name__}: {first[:120]}); using --backend hf")
+        return "hf"
+    return "vllm"
 
 
 def _backend_kwargs(args) -> dict:
@@ -67,6 +82,7 @@ def _run_model(model: str, args, tasks, modes, variants, cache_path: Path, desc:
                            cache=GenerationCache(cache_path), progress=bar.update, chunk_size=args.chunk_size)
     finally:
         bar.close()
+        backend.close()  # frees the engine before the next model's starts (the fingerprint stays readable)
     return backend, samples, params
 
 
@@ -238,6 +254,30 @@ def _cmd_smoke(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_speech_check(args: argparse.Namespace) -> int:
+    from evalsuite.reports import write_json
+    from evalsuite.speech import parse_variants
+    from evalsuite.speech_check import format_markdown, run_speech_check
+    from evalsuite.tasks import load_task
+
+    names = [t.strip() for t in args.tasks.split(",") if t.strip()]
+    tasks = [load_task(n, split=args.split, limit=args.limit, seed=args.seed) for n in names]
+    variants = parse_variants(args.variants)
+    bar = _progress_bar("speech-check", sum(len(t.items) for t in tasks) * len(variants))
+    try:
+        report = run_speech_check(tasks, variants, asr=None if args.no_asr else args.asr,
+                                  max_seconds=args.max_seconds, min_keep_rate=args.min_keep_rate, progress=bar.update)
+    finally:
+        bar.close()
+    report["config"] = {"tasks": names, "split": args.split, "limit": args.limit, "seed": args.seed,
+                        "variants": [v.name for v in variants]}
+    out = Path(args.output)
+    write_json(out / "speech_check.json", report)
+    print(format_markdown(report))
+    print(f"\nwall time {report['wall_time_s']} s; report {out / 'speech_check.json'}")
+    return 1 if report["problems"] else 0
+
+
 def _cmd_divergence(args: argparse.Namespace) -> int:
     from analysis.divergence import run
 
@@ -248,7 +288,8 @@ def _add_run_args(p: argparse.ArgumentParser, *, output: str) -> None:
     p.add_argument("--tasks", default=DEFAULT_TASKS, help=f"comma-separated task names (default: {DEFAULT_TASKS})")
     p.add_argument("--limit", type=int, default=DEFAULT_LIMIT, help="items per task (test split)")
     p.add_argument("--variants", default=DEFAULT_VARIANTS, help="TTS variants for speech mode, comma-separated")
-    p.add_argument("--backend", choices=["hf", "vllm"], default="hf")
+    p.add_argument("--backend", choices=["hf", "vllm"], default=None,
+                   help="generation backend (default: vllm when it imports here, else hf)")
     p.add_argument("--batch-size", type=int, default=8, help="hf backend batch size")
     p.add_argument("--tensor-parallel-size", type=int, default=1, help="vllm backend")
     p.add_argument("--data-parallel-size", type=int, default=1, help="vllm backend")
@@ -304,6 +345,19 @@ def build_parser() -> argparse.ArgumentParser:
     z.add_argument("names", nargs="*", help="zoo models to build (default: all)")
     z.set_defaults(fn=_cmd_zoo)
 
+    sc = sub.add_parser("speech-check", help="spoken prompts: duration bound and the ASR round trip of numbers/operators")
+    sc.add_argument("--tasks", default=DEFAULT_TASKS)
+    sc.add_argument("--split", default="test", choices=["test", "validation", "train"])
+    sc.add_argument("--limit", type=int, default=None, help="items per task (default: the whole split)")
+    sc.add_argument("--seed", type=int, default=0)
+    sc.add_argument("--variants", default="hibari,hibari-slow", help="TTS variants (voices) to check")
+    sc.add_argument("--asr", default="whisper-tiny.en", help="Whisper model for the round trip")
+    sc.add_argument("--no-asr", action="store_true", help="durations only")
+    sc.add_argument("--max-seconds", type=float, default=25.0)
+    sc.add_argument("--min-keep-rate", type=float, default=0.95)
+    sc.add_argument("--output", default="artifacts/speech-check")
+    sc.set_defaults(fn=_cmd_speech_check)
+
     sm = sub.add_parser("smoke", help="run every zoo model once and report what it did")
     sm.add_argument("--output", default=None, help="folder for smoke.json")
     sm.set_defaults(fn=_cmd_smoke)
@@ -318,7 +372,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return args.fn(args)
+    if "backend" in vars(args) and args.fn in (_cmd_gap, _cmd_forgetting):
+        args.backend = resolve_backend(args.backend)
+    # an unknown task, a malformed task file, a model that names nothing, a missing file: one line, exit 2
+    return run_cli("xopd-eval", args.fn, args, expected=EVAL_ERRORS)
 
 
 if __name__ == "__main__":

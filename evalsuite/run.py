@@ -33,6 +33,7 @@ class Sample:
     method: str | None = None
     correct: bool = False
     error: str | None = None
+    chance: float | None = None  # accuracy of guessing uniformly: yesno 0.5, choice 1/len(choices), else 0
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -45,6 +46,15 @@ class PreparedRequest:
     item: Item = field(repr=False, default=None)  # type: ignore[assignment]
 
 
+def chance_level(answer_type: str, choices: Sequence[str]) -> float:
+    """Expected accuracy of a uniform guess among the options (0 for free-form number and text answers)."""
+    if answer_type == "yesno":
+        return 0.5
+    if answer_type == "choice" and choices:
+        return 1.0 / len(choices)
+    return 0.0
+
+
 def prepare(task, items: Sequence[Item], modes: Sequence[str], variants: Sequence) -> list[PreparedRequest]:
     """Build every request; input problems become failed samples with a reason, never exceptions."""
     from evalsuite.speech import AudioError, load_audio, render
@@ -52,9 +62,10 @@ def prepare(task, items: Sequence[Item], modes: Sequence[str], variants: Sequenc
     out: list[PreparedRequest] = []
     instruction = task.spec.instruction or ""
     for item in items:
+        chance = chance_level(task.spec.answer_type, item.choices or tuple(task.spec.choices or ()))
         if TEXT in modes:
             text = task.render_text(item)
-            s = Sample(item.id, task.name, TEXT, "", text, item.answer)
+            s = Sample(item.id, task.name, TEXT, "", text, item.answer, chance=chance)
             if not item.question.strip():
                 s.error = "empty prompt"
                 out.append(PreparedRequest(s, None, item))
@@ -66,7 +77,7 @@ def prepare(task, items: Sequence[Item], modes: Sequence[str], variants: Sequenc
         spoken = task.render_spoken(item)
         sources = [("recorded", None)] if item.audio else [(v.name, v) for v in variants]
         for vname, variant in sources:
-            s = Sample(item.id, task.name, SPEECH, vname, spoken, item.answer)
+            s = Sample(item.id, task.name, SPEECH, vname, spoken, item.answer, chance=chance)
             try:
                 if item.audio:
                     audio = load_audio(Path(item.audio))

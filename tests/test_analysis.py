@@ -433,7 +433,7 @@ def test_divergence_cli_scores_fixture_models(tmp_path, capsys):
 
     out = tmp_path / "div"
     args = ["divergence", "--model", "fixture:qwen2_audio", "--teacher", "fixture:teacher",
-            "--tasks", "arithmetic", "--limit", "2", "--n", "2", "--max-new-tokens", "6", "--topk", "3",
+            "--tasks", "sums", "--limit", "2", "--n", "2", "--max-new-tokens", "6", "--topk", "3",
             "--output", str(out)]
     assert main(args) == 0
     printed = capsys.readouterr().out

@@ -220,7 +220,7 @@ def run_dir(tmp_path_factory) -> Path:
     cfg = load_config(
         ROOT / "recipes" / "tiny.yaml",
         [f"output_dir={out}", "logging.progress=false", "schedule.steps=4", "schedule.batch_prompts=2",
-         "eval.every=2", "checkpoint.every=0", "eval.gap_tasks=[arithmetic]", "eval.gap_limit=3",
+         "eval.every=2", "checkpoint.every=0", "eval.gap_tasks=[sums]", "eval.gap_limit=3",
          "eval.gap_max_new_tokens=4"],
     )
     train(cfg)
@@ -368,8 +368,8 @@ def test_gap_page_charts_the_trainer_reports(run_dir, monkeypatch):
     no_exceptions(at)
     assert len(at.get("vega_lite_chart")) >= 2  # accuracy by mode, gap with its CI
     assert at.selectbox(key="gap_report").options == ["step 0", "step 2", "step 4"]
-    assert any("| arithmetic |" in m.value for m in at.markdown)
-    assert at.selectbox(key="gap_task").options == ["overall (macro mean over tasks)", "arithmetic"]
+    assert any("| sums |" in m.value for m in at.markdown)
+    assert at.selectbox(key="gap_task").options == ["overall (macro mean over tasks)", "sums"]
     acc, gap = gap_frames([(int(p.parent.name[5:]), p, json.loads(p.read_text())) for p in reports], run_dir)
     assert sorted(set(acc["mode"])) == ["speech:clean", "text"] and list(gap["step"].unique()) == [0, 2, 4]
 

@@ -18,6 +18,7 @@ from evalsuite.backends.base import Result, isolate_failures
 from evalsuite.tts import espeak_synthesize
 from evalsuite.types import GenParams, Request
 from xopd.loading import ModelLoadError
+from requires import import_vllm
 
 QUESTIONS = [
     "What is the capital of France?",
@@ -195,7 +196,7 @@ def test_fingerprint_tracks_content_not_names(fixtures: dict[str, Path], tmp_pat
 
 @pytest.fixture(scope="module")
 def vllm_student(zoo_student: Path):
-    pytest.importorskip("vllm")
+    import_vllm()
     backend = make_backend("vllm", "xopd-speech-smollm2", max_model_len=2048)
     yield backend
     backend.close()

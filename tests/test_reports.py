@@ -137,3 +137,58 @@ def test_gap_chart_is_a_png(tmp_path: Path) -> None:
     rep = gap_report(_samples("t", "text", "", [1, 0]) + _samples("t", "speech", "clean", [0, 0]), n_boot=100)
     path = gap_chart(rep, tmp_path / "gap.png")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_gap_chart_shows_cis_chance_teacher_overall_and_names_both_models(tmp_path: Path) -> None:
+    from matplotlib.container import ErrorbarContainer
+
+    from evalsuite.reports.plot import CHANCE_GID, gap_figure
+    from evalsuite.run import chance_level
+
+    assert chance_level("yesno", ("yes", "no")) == 0.5 and chance_level("choice", ("a", "b", "c", "d")) == 0.25
+    assert chance_level("number", ()) == 0.0 and chance_level("text", ()) == 0.0
+
+    def with_chance(samples: list[Sample], chance: float) -> list[Sample]:
+        for s in samples:
+            s.chance = chance
+        return samples
+
+    student, teacher = [], []
+    for task, chance, text, speech in (("yn", 0.5, [1] * 7 + [0] * 3, [1] * 5 + [0] * 5),
+                                       ("mc", 0.25, [1] * 6 + [0] * 4, [1] * 2 + [0] * 8),
+                                       ("num", 0.0, [1] * 4 + [0] * 6, [1] + [0] * 9)):
+        student += with_chance(_samples(task, "text", "", text) + _samples(task, "speech", "clean", speech), chance)
+        teacher += with_chance(_samples(task, "text", "", [1] * 9 + [0]), chance)
+    rep = gap_report(student, teacher_samples=teacher, n_boot=200)
+    rep["config"] = {"model": "student-speech-llm", "teacher": "teacher-text-llm", "confidence": 0.95}
+
+    # the report: chance per task, a Wilson CI per mode (around its accuracy), the teacher's CI
+    assert {t: e["chance"] for t, e in rep["tasks"].items()} == {"yn": 0.5, "mc": 0.25, "num": 0.0}
+    for e in rep["tasks"].values():
+        for m in e["modes"].values():
+            lo, hi = m["accuracy_ci"]
+            assert 0 <= lo < m["accuracy"] < hi <= 1
+    assert rep["tasks"]["yn"]["modes"]["text"]["accuracy_ci"] == pytest.approx([0.3968, 0.8922], abs=1e-4)
+    assert rep["teacher"]["text_accuracy_ci"]["yn"][0] < 0.9 < rep["teacher"]["text_accuracy_ci"]["yn"][1]
+    old = _samples("o", "text", "", [1, 0])  # records from before `chance`: None, not a made-up number
+    assert gap_report(old, n_boot=10)["tasks"]["o"]["chance"] is None
+
+    fig = gap_figure(rep)
+    ax = fig.axes[0]
+    assert "student-speech-llm" in ax.get_title() and "teacher-text-llm" in ax.get_title()
+    ticks = [t.get_text() for t in ax.get_xticklabels()]
+    assert ticks[:3] == ["yn\nn=10", "mc\nn=10", "num\nn=10"] and ticks[3].startswith("overall")
+    # one errorbar container per series (teacher text, student text, student speech), one bar per group
+    bars = [c for c in ax.containers if isinstance(c, ErrorbarContainer)]
+    assert len(bars) == 3
+    assert all(len(c.lines[2][0].get_segments()) == 4 for c in bars)  # 3 tasks + overall
+    seg = bars[1].lines[2][0].get_segments()[0]  # student text on "yn": its Wilson CI, in %
+    assert [seg[0][1], seg[1][1]] == pytest.approx([39.68, 89.22], abs=0.01)
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == [
+        "teacher text", "student text", "student speech (clean)", "chance"]
+    # chance: 50 % over yn, 25 % over mc, none drawn for the free-form number task, 25 % = mean over overall
+    chance = sorted((round(float(np.mean([p[0] for p in c.get_segments()[0]]))), float(c.get_segments()[0][0][1]))
+                    for c in ax.collections if c.get_gid() == CHANCE_GID)
+    assert chance == [(0, 50.0), (1, 25.0), (3, 25.0)]
+    path = gap_chart(rep, tmp_path / "gap.png")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 10_000

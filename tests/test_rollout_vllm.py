@@ -32,9 +32,10 @@ from evalsuite.tts import espeak_synthesize
 from xopd.config import ModelsConfig
 from xopd.models import ModelAdapter, Prompt, load_adapter, prepare_trainable, shared_vocab_size
 from xopd.rollout import Rollouts, SamplingParams
+from requires import import_vllm
 
 pytestmark = pytest.mark.slow
-vllm = pytest.importorskip("vllm")
+vllm = import_vllm()
 
 ROOT = Path(__file__).resolve().parents[1]
 QUESTIONS = ["What is 61 minus 49?", "What is the capital of France?"]

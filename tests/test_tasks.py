@@ -23,7 +23,7 @@ from evalsuite.tasks import (
     load_spec,
     load_task,
 )
-from evalsuite.tasks.bigbench import BUILTIN_TASKS, BigBenchError, parse_task_json
+from evalsuite.tasks.bigbench import parse_task_json
 from evalsuite.tasks.spec import HFSource
 from evalsuite.tasks.task import canonical_number, choices_spoken, choices_text, speakable
 
@@ -31,7 +31,7 @@ DATA = Path(__file__).parent / "data"
 HUB = DATA / "hub"
 BIGBENCH_TASKS = ["navigate", "object_counting", "formal_fallacies_syllogisms_negation", "causal_judgment",
                   "sports_understanding", "arithmetic"]  # fmt: skip
-RG_TASKS = ["gsm_symbolic", "syllogism"]
+RG_TASKS = ["gsm_symbolic", "sums", "counting", "syllogism", "family"]  # the last four: the default mix
 BBA_CATEGORIES = ("formal_fallacies", "navigate", "object_counting", "web_of_lies")
 HUB_TASKS = [
     "gsm8k",
@@ -70,7 +70,12 @@ def assert_split_contract(name: str, spec=None) -> None:
     assert [i.id for i in load(limit=8, seed=4).items] != [i.id for i in a.items]
     assert {i.id for i in load(limit=4, seed=3).items} <= {i.id for i in a.items}  # nested limits
     test, train = load(split="test"), load(split="train")
-    assert not {i.id for i in test.items} & {i.id for i in train.items}
+    valid = load(split="validation") if (spec or get_spec(name)).splits.validation_fraction else None
+    parts = [test, train] + ([valid] if valid else [])
+    for k, one in enumerate(parts):  # disjoint by id and by question text
+        for other in parts[k + 1 :]:
+            assert not {i.id for i in one.items} & {i.id for i in other.items}
+            assert not {i.question.casefold() for i in one.items} & {i.question.casefold() for i in other.items}
     assert {i.id for i in a.items} <= {i.id for i in test.items}
 
 
@@ -104,7 +109,7 @@ def test_bigbench_task_json_parser():
 
 def test_registry_lists_every_builtin_task():
     assert set(BIGBENCH_TASKS + RG_TASKS + HUB_TASKS) <= set(list_tasks())
-    assert set(BIGBENCH_TASKS) == set(BUILTIN_TASKS)
+    assert all(get_spec(n).source.key == f"bigbench:{n}" for n in BIGBENCH_TASKS)  # data: optional source
     for name in HUB_TASKS:
         assert get_spec(name).needs_hub
     for name in BIGBENCH_TASKS + RG_TASKS:
@@ -246,9 +251,16 @@ def test_reasoning_gym_task(name):
     task = load_task(name, limit=20)
     check_items(task, 20)
     assert_split_contract(name)
-    test, train = load_task(name), load_task(name, split="train")
-    assert len(test) + len(train) == get_spec(name).source.size  # the split divides the whole pool
-    assert 0.4 < len(test) / (len(test) + len(train)) < 0.6
+    spec = get_spec(name)
+    splits = {s: load_task(name, split=s) for s in ("test", "validation", "train")} if spec.splits.validation_fraction \
+        else {s: load_task(name, split=s) for s in ("test", "train")}
+    pool = sum(len(t) for t in splits.values())
+    assert 0.7 * spec.source.size < pool <= spec.source.size  # the splits divide the deduplicated pool
+    for s, t in splits.items():
+        want = {"test": spec.splits.test_fraction, "validation": spec.splits.validation_fraction}.get(s)
+        if want is not None:
+            assert abs(len(t) / pool - want) < 0.03, (s, len(t), pool)
+    test = splits["test"]
     for item in task.items:
         assert "final answer" not in item.question and "(Answer Yes or No)" not in item.question  # stripped
         assert task.score(item, item.answer) is True
@@ -259,6 +271,11 @@ def test_reasoning_gym_task(name):
         assert task.score(item, item.answer.upper()) is True  # "YES" -> the generator's own "Yes"
         assert task.score(item, other) is False
         assert {i.answer for i in test.items} == {"yes", "no"}
+    elif name == "family":
+        item = task.items[0]
+        other = next(c for c in item.choices if c != item.answer)
+        assert task.score(item, item.answer.capitalize()) is True and task.score(item, other) is False
+        assert len({i.answer for i in test.items}) >= 5  # husband, wife, son, father, mother, in-laws
     else:
         item = task.items[0]
         assert task.score(item, int(item.answer)) is True
@@ -361,50 +378,3 @@ def test_hub_task_without_hub_says_what_to_do(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(RuntimeError, match="cannot load Hugging Face hub dataset 'openai/gsm8k'.*local copy"):
         load_task("gsm8k", limit=1)
-
-
-# --- BIG-bench tasks (the sdist is downloaded once per XOPD_HOME: minutes, hence slow) --------------------
-
-
-@pytest.fixture(scope="module")
-def bigbench_data() -> Path:
-    from evalsuite.tasks.bigbench import ensure_tasks
-
-    return ensure_tasks()
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("name", BIGBENCH_TASKS)
-def test_bigbench_task(bigbench_data, name):
-    task = load_task(name, limit=25)
-    check_items(task, 25)
-    assert_split_contract(name)
-    assert all(task.score(i, i.answer) is None for i in task.items)  # generic comparison for BIG-bench
-    full = load_task(name)
-    if task.answer_type == "yesno":
-        assert {i.answer for i in full.items} == set(task.spec.choices)  # both labels occur
-    if name == "object_counting":
-        assert all(i.meta["aliases"] for i in full.items)  # "three" kept beside "3"
-    if name == "arithmetic":
-        subtasks = {i.id.split("/")[1] for i in full.items}
-        assert subtasks == {
-            "1_digit_addition",
-            "1_digit_subtraction",
-            "2_digit_addition",
-            "2_digit_subtraction",
-        }
-
-
-@pytest.mark.slow
-def test_bigbench_subtask_chosen_by_a_task_file(bigbench_data, tmp_path):
-    (tmp_path / "add3.yaml").write_text(
-        'source: {bigbench: arithmetic/3_digit_addition}\nanswer_type: number\nprompt: "{question}"\n'
-    )
-    task = build_task(load_spec(tmp_path / "add3.yaml"), limit=5)
-    check_items(task, 5)
-    assert all("/3_digit_addition/" in i.id and " plus " in i.question for i in task.items)
-    (tmp_path / "add3.yaml").write_text(
-        'source: {bigbench: arithmetic/9_digit_addition}\nanswer_type: number\nprompt: "{question}"\n'
-    )
-    with pytest.raises(BigBenchError, match="no subtask '9_digit_addition'.*3_digit_addition"):
-        build_task(load_spec(tmp_path / "add3.yaml"))

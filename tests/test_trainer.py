@@ -82,13 +82,13 @@ def test_config_overrides_types_and_unknown_keys(tmp_path, capsys):
             "rollout.n=3",
             "loss.clip_eps=0.2",
             "models.lora_targets=q_proj,v_proj",
-            "eval.tasks=[arithmetic]",
+            "eval.tasks=[sums]",
             "checkpoint.every=0",
         ],
     )
     assert cfg.optim.lr == 1e-5 and isinstance(cfg.optim.lr, float)  # PyYAML alone reads "1e-5" as a string
     assert cfg.rollout.n == 3 and cfg.loss.clip_eps == 0.2 and cfg.models.lora_targets == ["q_proj", "v_proj"]
-    assert cfg.eval.tasks == ["arithmetic"] and cfg.models.student == "fixture:qwen2_audio"
+    assert cfg.eval.tasks == ["sums"] and cfg.models.student == "fixture:qwen2_audio"
     with pytest.raises(ConfigError, match=r"unknown config key 'optim\.lrr'.*known: lr"):
         load_config(TINY, ["optim.lrr=1"])
     bad = tmp_path / "bad.yaml"
@@ -168,7 +168,7 @@ def test_vocabulary_mismatch_is_a_clear_error(tmp_path, teacher):
         timeout=300,
     )
     assert (
-        proc.returncode == 1
+        proc.returncode == 2
         and "do not share an output vocabulary" in proc.stderr
         and "Traceback" not in proc.stderr
     )
@@ -395,7 +395,7 @@ def test_gap_eval_hook_writes_xopd_eval_reports_and_leaves_training_alone(tmp_pa
         "checkpoint.every=0",
         "checkpoint.export_final=false",
     ]
-    gap = ["eval.gap_tasks=[arithmetic]", "eval.gap_limit=2", "eval.gap_max_new_tokens=6"]
+    gap = ["eval.gap_tasks=[sums]", "eval.gap_limit=2", "eval.gap_max_new_tokens=6"]
     run_train(tmp_path / "plain", *common)
     run_train(tmp_path / "gap", *common, *gap)
     # greedy decoding on the live weights: the training trajectory is exactly the one without the hook
@@ -406,7 +406,7 @@ def test_gap_eval_hook_writes_xopd_eval_reports_and_leaves_training_alone(tmp_pa
     for step in (0, 2):
         folder = tmp_path / "gap" / "evals" / f"step-{step:06d}"
         report = read_report(folder / "report.json")
-        modes = report["tasks"]["arithmetic"]["modes"]
+        modes = report["tasks"]["sums"]["modes"]
         assert report["kind"] == "gap" and report["config"]["step"] == step
         assert modes["text"]["n"] == 2 and modes["speech:clean"]["n"] == 2
         assert modes["text"]["errors"] == 0 and modes["speech:clean"]["errors"] == 0
@@ -538,7 +538,7 @@ def test_steplog_truncation_falls_back_to_step_filter(tmp_path):
 def test_data_pairs_and_stream_position(tmp_path):
     from xopd.data import DataError, PairStream, jsonl_pairs
 
-    pairs = task_pairs("arithmetic", split="train", limit=5)
+    pairs = task_pairs("sums", split="train", limit=5)
     assert all(p.text.endswith("Answer with the number only.") and p.spoken and p.answer for p in pairs)
     audio, path = speech_audio(pairs[0], "clean")
     assert audio.ndim == 1 and Path(path).is_file()

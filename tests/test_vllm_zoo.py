@@ -10,9 +10,10 @@ import torch
 
 from evalsuite.tts import espeak_synthesize
 from xopd.loading import load_speech_lm, load_text_lm
+from requires import import_vllm
 
 pytestmark = pytest.mark.slow
-vllm = pytest.importorskip("vllm")
+vllm = import_vllm()
 
 FRANCE = [{"role": "user", "content": "What is the capital of France?"}]
 

@@ -16,7 +16,8 @@ import argparse
 import os
 import sys
 
-from xopd.config import ConfigError, load_config, to_yaml
+from xopd.cli_errors import TRAIN_ERRORS, run_cli
+from xopd.config import load_config, to_yaml
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -37,12 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
-    # OpenMP threads that spin while waiting turn a busy shared CPU into a 5-10x slowdown (measured here: a
-    # demo step took 90-170 s next to another 2-thread job, 20 s with passive waiting). It only works before
-    # torch loads, hence here; an explicit setting wins.
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    args = build_parser().parse_args(argv)
+def _train(args: argparse.Namespace) -> int:
     overrides = list(args.overrides)
     if args.output_dir:
         overrides.append(f"output_dir={args.output_dir}")
@@ -50,33 +46,24 @@ def main(argv: list[str] | None = None) -> int:
         overrides.append(f"checkpoint.resume={args.resume}")
     elif args.no_resume:
         overrides.append("checkpoint.resume=never")
-    try:
-        cfg = load_config(args.config, overrides)
-    except ConfigError as exc:
-        print(f"xopd-train: {exc}", file=sys.stderr)
-        return 2
+    cfg = load_config(args.config, overrides)
     if args.print_config:
         sys.stdout.write(to_yaml(cfg))
         return 0
-    # heavy imports only when training
-    from xopd.data import DataError
-    from xopd.loading import ModelLoadError
-    from xopd.models import VocabularyMismatchError
-    from xopd.trainer import ResumeError, train
+    from xopd.trainer import train  # heavy imports only when training
 
-    try:
-        train(cfg)
-    except (
-        ConfigError,
-        DataError,
-        ModelLoadError,
-        VocabularyMismatchError,
-        ResumeError,
-        NotImplementedError,
-    ) as exc:
-        print(f"xopd-train: error: {exc}", file=sys.stderr)
-        return 1
+    train(cfg)
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    # OpenMP threads that spin while waiting turn a busy shared CPU into a 5-10x slowdown (measured here: a
+    # demo step took 90-170 s next to another 2-thread job, 20 s with passive waiting). It only works before
+    # torch loads, hence here; an explicit setting wins.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    args = build_parser().parse_args(argv)
+    # a bad key or value, an unknown model or task, an unusable checkpoint: "xopd-train: <message>", exit 2
+    return run_cli("xopd-train", _train, args, expected=TRAIN_ERRORS)
 
 
 if __name__ == "__main__":

@@ -112,7 +112,7 @@ class EvalConfig:
     at_start: bool = True
     at_end: bool = True
     tasks: list[str] | None = None  # held-out tasks (default: data.tasks)
-    split: str = "test"
+    split: str = "validation"  # held-out prompts for the KL; the test split is for final reports only
     jsonl: str | None = None  # held-out pairs as a JSONL (default when data.jsonl is used: none)
     num_prompts: int = 16  # held-out pairs per task
     n: int = 1  # student rollouts per held-out prompt and modality

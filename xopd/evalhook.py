@@ -29,7 +29,8 @@ class GapEvalHook:
         e = cfg.eval
         self.cfg, self.out = cfg, Path(out)
         # loaded once (a bad task name fails at setup, not at the first evaluation)
-        self.tasks = [load_task(n, split="test", limit=e.gap_limit, seed=cfg.seed) for n in e.gap_tasks or ()]
+        # the validation split: the test split is kept for final reports
+        self.tasks = [load_task(n, split="validation", limit=e.gap_limit, seed=cfg.seed) for n in e.gap_tasks or ()]
         self.variants = parse_variants(e.gap_variants)
         self.params = GenParams(max_new_tokens=e.gap_max_new_tokens, temperature=0.0, seed=cfg.seed)
         self.backend: Any = None  # built once (tokenizer, processor); pointed at the live weights each time

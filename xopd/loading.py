@@ -16,11 +16,31 @@ import torch
 import transformers
 from transformers import AutoConfig, AutoModelForCausalLM, AutoProcessor, AutoTokenizer
 
+from xopd.offline import OfflineError, check_online
 from xopd.zoo import ZOO, resolve
 
 
 class ModelLoadError(RuntimeError):
     """A model could not be found, read, or used in the role it was asked for."""
+
+
+class ModelOfflineError(ModelLoadError, OfflineError):
+    """A hub model id was asked for while ``XOPD_OFFLINE`` is set (caught as either parent)."""
+
+
+def _check_hub_online(name: str, path: str) -> None:
+    """Before ``from_pretrained(path)``: a path that is not on disk is a hub id, which offline is refused."""
+    if Path(path).expanduser().exists():
+        return
+    try:
+        check_online(
+            f"model {name!r} from the Hugging Face hub", how="pass a zoo name or a local checkpoint directory"
+        )
+    except OfflineError as exc:
+        raise ModelOfflineError(
+            f"model {name!r} could not be found: it is not a zoo name ({', '.join(sorted(ZOO))}), "
+            f"not a local directory; {exc}"
+        ) from None
 
 
 @dataclass(frozen=True)
@@ -62,6 +82,7 @@ def resolve_config(name_or_path: str, trust_remote_code: bool):
             json.loads(cfg_file.read_text())
         except ValueError as exc:
             raise ModelLoadError(f"model {name_or_path!r}: {cfg_file} is not valid JSON ({exc})") from exc
+    _check_hub_online(name_or_path, path)
     try:
         return path, AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
     except OSError as exc:
@@ -75,6 +96,7 @@ def resolve_config(name_or_path: str, trust_remote_code: bool):
 
 
 def checked_from_pretrained(cls, path: str, name: str, **kwargs):
+    _check_hub_online(name, path)
     try:
         return cls.from_pretrained(path, **kwargs)
     except Exception as exc:  # safetensors, tokenizers, torch: each has its own error type for a bad file

@@ -8,7 +8,7 @@ write followed by fsync, after that step's optimizer update:
 ``step``           optimizer step (1-based) whose batch this rollout belongs to
 ``kind``           ``loss.kind``: ``xopd`` | ``gkd`` (student samples) | ``sft`` (reference answers) |
                    ``offline_kd`` (teacher samples): the scored sequence is what that kind trains on
-``prompt_id``      pair id, e.g. ``arithmetic/2_digit_addition/0042``
+``prompt_id``      pair id, e.g. ``sums/00042``
 ``modality``       ``text`` (in-modal: the student read the question) | ``speech`` (cross-modal: it heard it)
 ``sample``         index of this rollout among the prompt's samples in this modality (0 .. n-1)
 ``prompt_text``    the text version's user message (what the teacher always reads)

@@ -35,6 +35,40 @@ def mode_summary(rows: dict[str, Sample]) -> dict:
     }
 
 
+def wilson_ci(correct: int, n: int, *, confidence: float = 0.95) -> list[float]:
+    """Wilson score interval of an accuracy of ``correct`` out of ``n`` (sound at 0, 1 and small n, unlike the
+    normal approximation); [nan, nan] for no items."""
+    if n == 0:
+        return [float("nan"), float("nan")]
+    from scipy.stats import norm
+
+    z = float(norm.ppf(0.5 + confidence / 2))
+    p = correct / n
+    denom = 1 + z * z / n
+    center = (p + z * z / (2 * n)) / denom
+    half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return [max(0.0, float(center - half)), min(1.0, float(center + half))]
+
+
+def with_accuracy_ci(summary: dict, rows: dict[str, Sample], confidence: float) -> dict:
+    """``summary`` plus ``accuracy_ci``: the Wilson interval of this mode's accuracy (errored items count as
+    wrong, as in ``accuracy``)."""
+    correct = sum(1 for s in rows.values() if s.correct)
+    return summary | {"accuracy_ci": wilson_ci(correct, len(rows), confidence=confidence)}
+
+
+def task_chance(modes: dict[str, dict[str, Sample]]) -> float | None:
+    """Accuracy of uniform guessing on a task: the mean over its items of each item's chance level (yesno 0.5,
+    choice 1/len(choices), number and text 0); None when the samples do not say (records from before
+    ``chance``)."""
+    per_item: dict[str, float] = {}
+    for rows in modes.values():
+        for i, s in rows.items():
+            if getattr(s, "chance", None) is not None:
+                per_item.setdefault(i, float(s.chance))
+    return float(np.mean(list(per_item.values()))) if per_item else None
+
+
 def paired_stats(a: np.ndarray, b: np.ndarray, *, confidence: float, n_boot: int, seed: int) -> dict:
     diff, lo, hi = paired_bootstrap_ci(a, b, confidence=confidence, n_boot=n_boot, seed=seed)
     a_only, b_only = flip_counts(a, b)
@@ -55,7 +89,8 @@ def gap_report(samples: Sequence[Sample], *, teacher_samples: Sequence[Sample] |
     tasks: dict[str, dict] = {}
     pooled: dict[str, tuple[list[int], list[int]]] = defaultdict(lambda: ([], []))
     for task, modes in grouped.items():
-        entry: dict = {"modes": {m: mode_summary(rows) for m, rows in modes.items()}, "gap": {}}
+        summaries = {m: with_accuracy_ci(mode_summary(rows), rows, confidence) for m, rows in modes.items()}
+        entry: dict = {"modes": summaries, "gap": {}, "chance": task_chance(modes)}
         text = modes.get(TEXT, {})
         for m, rows in modes.items():
             if m == TEXT:
@@ -80,7 +115,10 @@ def gap_report(samples: Sequence[Sample], *, teacher_samples: Sequence[Sample] |
     if teacher_samples:
         t_grouped = by_task_mode(teacher_samples)
         teacher_text = {t: mode_summary(m[TEXT])["accuracy"] for t, m in t_grouped.items() if TEXT in m}
-        report["teacher"] = {"text_accuracy": teacher_text, "paired": paired_vectors(t_grouped)}
+        teacher_ci = {t: with_accuracy_ci({}, m[TEXT], confidence)["accuracy_ci"]
+                      for t, m in t_grouped.items() if TEXT in m}
+        report["teacher"] = {"text_accuracy": teacher_text, "text_accuracy_ci": teacher_ci,
+                             "paired": paired_vectors(t_grouped)}
         drops = {}
         # a relative drop from a teacher score of 0 is undefined: such tasks are left out and listed
         undefined = sorted(t for t, acc in teacher_text.items() if not acc > 0)

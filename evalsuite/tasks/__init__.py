@@ -19,6 +19,7 @@ from evalsuite.tasks.spec import TaskSpec, TaskSpecError, load_spec, parse_spec
 from evalsuite.tasks.task import Task, TaskDataError, build_task
 
 __all__ = [
+    "DEFAULT_MIX",
     "Task",
     "TaskDataError",
     "TaskSpec",
@@ -35,6 +36,9 @@ __all__ = [
 ]
 
 BUILTIN_DIR = Path(__file__).resolve().parent
+# The default task mix: offline (reasoning-gym generators), spoken naturally, four answer kinds (a number, a
+# count, yes/no, one word). The default of xopd-eval, the recipes, the bench scripts and the tests.
+DEFAULT_MIX = ("sums", "counting", "syllogism", "family")
 ENV_VAR = "XOPD_TASKS_PATH"
 
 

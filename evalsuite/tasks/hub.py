@@ -19,6 +19,7 @@ from typing import Any
 
 from evalsuite.tasks.source import Row
 from evalsuite.tasks.spec import HFSource, JsonlSource
+from xopd.offline import OfflineError, check_online
 from xopd.paths import atomic_write_bytes, xopd_home
 
 _DEFAULT_COLUMNS = {k: k for k in ("id", "question", "answer", "choices", "audio", "spoken")}
@@ -169,6 +170,16 @@ def _audiofolder_root(src: HFSource, filenames: list[str]) -> Path:
 
 
 def hf_rows(src: HFSource, *, task: str) -> list[Row]:
+    if not Path(src.path).is_dir():  # a hub id: load_dataset and _audiofolder_root would fetch it
+        try:
+            check_online(
+                f"dataset {src.path!r} from the Hugging Face hub",
+                how="point source.hf.path at a local copy (a task file in $XOPD_TASKS_PATH with the same "
+                "name overrides the built-in one)",
+            )
+        except OfflineError as e:
+            msg = f"task {task!r}: cannot load Hugging Face hub dataset {src.path!r}: {e}"
+            raise OfflineError(msg) from None
     import datasets
 
     cols = {**_DEFAULT_COLUMNS, **dict(src.columns)}

@@ -20,6 +20,8 @@ def _dataset(src: ReasoningGymSource) -> Any:
     import reasoning_gym
     from reasoning_gym.factory import DATASETS
 
+    import evalsuite.tasks.counting  # noqa: F401  (registers xopd_object_counting)
+
     if src.dataset not in DATASETS:
         close = difflib.get_close_matches(src.dataset, list(DATASETS), n=5)
         raise ValueError(f"reasoning-gym has no dataset {src.dataset!r}; close names: {close}")

@@ -2,7 +2,7 @@
 
 A task file says where the items come from (``source``), how a question becomes a user message
 (``prompt``, ``instruction``) and a spoken sentence (``spoken_prompt``), what kind of answer is gold
-(``answer_type``, ``choices``) and how items divide into train and test (``splits``). Every mistake is
+(``answer_type``, ``choices``) and how items divide into train, validation and test (``splits``). Every mistake is
 reported as ``TaskSpecError`` naming the file and the field, because a task file is written by hand.
 
 Example (``sports_understanding.yaml``)::
@@ -59,7 +59,9 @@ class TaskSpecError(ValueError):
 
 @dataclass(frozen=True)
 class BigBenchSource:
-    """Examples of a BIG-bench task from the ``bigbench==1.0.0`` sdist (``subtasks``: e.g. arithmetic's)."""
+    """Examples of a BIG-bench task (``subtasks``: e.g. arithmetic's). Optional: read from a BIG-bench git
+    checkout, a local ``bigbench-1.0.0.tar.gz`` sdist or the ``hails/bigbench`` Hugging Face dataset (see
+    ``evalsuite/tasks/bigbench.py``)."""
 
     task: str
     subtasks: tuple[str, ...] = ()
@@ -134,16 +136,17 @@ Source = BigBenchSource | ReasoningGymSource | JsonlSource | HFSource
 
 @dataclass(frozen=True)
 class SplitSpec:
-    """How items divide into train and test, deterministically and without overlap.
+    """How items divide into train, validation and test, deterministically and without overlap.
 
-    ``test_fraction``: an item is test when a hash of its source id falls below the fraction (stable when
-    items are added, and the same for every task file over the same source). ``test_size``: the first N
-    items in source order are test. Neither: everything is test.
+    ``test_fraction`` (and optionally ``validation_fraction``): an item's split is decided by a hash of its
+    *normalised question text* (case and spacing folded), so one question can never sit in two splits even
+    when a generator produces it twice, and adding items never moves old ones. ``test_size``: the first N
+    items in source order are test. Neither: everything is test. Train is what is left.
     """
 
     test_fraction: float | None = None
     test_size: int | None = None
-
+    validation_fraction: float = 0.0
 
 @dataclass(frozen=True)
 class TaskSpec:
@@ -351,17 +354,29 @@ def _parse_columns(value: Any, file: Path, fld: str) -> tuple[tuple[str, str], .
 def _parse_splits(value: Any, file: Path) -> SplitSpec:
     if value is None:
         return SplitSpec()
-    if not isinstance(value, dict) or len(value) != 1 or not set(value) <= {"test_fraction", "test_size"}:
-        raise _err(file, "splits", f"must be {{test_fraction: F}} or {{test_size: N}}, got {value!r}")
-    if "test_fraction" in value:
-        f = value["test_fraction"]
-        if isinstance(f, bool) or not isinstance(f, (int, float)) or not 0 < f <= 1:
-            raise _err(file, "splits.test_fraction", f"must be a number in (0, 1], got {f!r}")
-        return SplitSpec(test_fraction=float(f))
-    n = value["test_size"]
-    if isinstance(n, bool) or not isinstance(n, int) or n <= 0:
-        raise _err(file, "splits.test_size", f"must be a positive integer, got {n!r}")
-    return SplitSpec(test_size=n)
+    allowed = {"test_fraction", "test_size", "validation_fraction"}
+    if not isinstance(value, dict) or not set(value) <= allowed or ("test_fraction" in value) == ("test_size" in value):
+        raise _err(
+            file,
+            "splits",
+            f"must be {{test_fraction: F, validation_fraction: V}} (V optional) or {{test_size: N}}, got {value!r}",
+        )
+    if "test_size" in value:
+        n = value["test_size"]
+        if isinstance(n, bool) or not isinstance(n, int) or n <= 0:
+            raise _err(file, "splits.test_size", f"must be a positive integer, got {n!r}")
+        if "validation_fraction" in value:
+            raise _err(file, "splits.validation_fraction", "needs test_fraction (hash-based splits), not test_size")
+        return SplitSpec(test_size=n)
+    fractions = {}
+    for key in ("test_fraction", "validation_fraction"):
+        f = value.get(key, 0.0 if key == "validation_fraction" else None)
+        if isinstance(f, bool) or not isinstance(f, (int, float)) or not 0 <= f <= 1 or (key == "test_fraction" and f == 0):
+            raise _err(file, f"splits.{key}", f"must be a number in (0, 1], got {f!r}")
+        fractions[key] = float(f)
+    if fractions["test_fraction"] + fractions["validation_fraction"] > 1:
+        raise _err(file, "splits", f"test_fraction + validation_fraction must be at most 1, got {value!r}")
+    return SplitSpec(**fractions)
 
 
 def parse_spec(data: Any, file: Path | str) -> TaskSpec:

@@ -4,9 +4,10 @@ Items are built from source rows by the task file's rules: ``strip`` cleans the 
 put in canonical form (``"12"``, a choice's text such as ``"yes"``/``"invalid"``), and the spoken wording
 is rendered once into ``Item.spoken``, so that TTS sees exactly what ``render_spoken`` returns.
 
-Train and test never overlap: an item's split depends only on its source id (see ``SplitSpec``), never on
-the seed or the limit. The seed picks which items a ``limit`` keeps; smaller limits give nested subsets, and
-the kept items stay in source order.
+Splits never overlap: rows are deduplicated on their normalised question text (the first one kept), and an
+item's split depends only on a hash of that text (see ``SplitSpec``), never on its row index, the seed or the
+limit. The seed picks which items a ``limit`` keeps; smaller limits give nested subsets, and the kept items
+stay in source order.
 """
 
 from __future__ import annotations
@@ -19,10 +20,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from evalsuite.tasks.source import Row, Scorer, load_source
+from evalsuite.spoken_form import say
 from evalsuite.tasks.spec import TaskSpec
 from evalsuite.types import Item
 
-SPLITS = ("test", "train")
+SPLITS = ("test", "validation", "train")
 _LETTERS = string.ascii_uppercase
 _NUMBER = re.compile(r"[-+]?\d+(?:\.\d+)?")
 
@@ -172,33 +174,46 @@ def spoken_text(spec: TaskSpec, question: str, choices: tuple[str, ...]) -> str:
     """The spoken wording: ``spoken_prompt`` if given, else the text prompt itself, read aloud (line breaks
     become sentence ends, options become "Option A: ..."), so speech asks what the text asks."""
     template = spec.spoken_prompt if spec.spoken_prompt is not None else spec.prompt
-    return speakable(template.format(question=question, choices=choices_spoken(choices, spec.answer_type)))
+    return speakable(say(template.format(question=question, choices=choices_spoken(choices, spec.answer_type))))
 
 
 def _unit_hash(key: str) -> float:
     return int(hashlib.sha256(key.encode("utf-8")).hexdigest()[:15], 16) / 16**15
 
 
-def row_split(spec: TaskSpec, row: Row, index: int) -> str:
+def normalized_question(text: str) -> str:
+    """The split and deduplication key of a question: case-folded, spacing collapsed."""
+    return " ".join(text.casefold().split())
+
+
+def row_split(spec: TaskSpec, row: Row, index: int, question: str) -> str:
+    """``row``'s split: the source's own, else by a hash of the normalised ``question`` (see ``SplitSpec``)."""
     if row.split is not None:
         return row.split
-    if spec.splits.test_fraction is not None:
-        return (
-            "test" if _unit_hash(f"{spec.source.key}/{row.local_id}") < spec.splits.test_fraction else "train"
-        )
-    if spec.splits.test_size is not None:
-        return "test" if index < spec.splits.test_size else "train"
+    sp = spec.splits
+    if sp.test_fraction is not None:
+        u = _unit_hash(normalized_question(question))
+        if u < sp.test_fraction:
+            return "test"
+        return "validation" if u < sp.test_fraction + sp.validation_fraction else "train"
+    if sp.test_size is not None:
+        return "test" if index < sp.test_size else "train"
     return "test"
+
+
+def clean_question(spec: TaskSpec, row: Row) -> str:
+    """The question as typed: the task file's ``strip`` patterns removed, blank lines and spacing tidied."""
+    question = row.question
+    for rx in spec.strip:
+        question = re.sub(rx, " ", question)
+    return _clean(question)
 
 
 def make_item(spec: TaskSpec, row: Row) -> tuple[Item, str | None]:
     """An item from a row, and the source's own spelling of the gold label (for source scorers)."""
     item_id = f"{spec.name}/{row.local_id}"
     where = f"task {spec.name!r} item {item_id!r}"
-    question = row.question
-    for rx in spec.strip:
-        question = re.sub(rx, " ", question)
-    question = _clean(question)  # may be empty: the evaluator marks such an item "empty prompt" and goes on
+    question = clean_question(spec, row)  # may be empty: the evaluator marks such an item "empty prompt"
 
     answers: list[Any] = list(row.answers)
     if spec.answer_pattern:
@@ -267,7 +282,16 @@ def build_task(spec: TaskSpec, *, split: str = "test", limit: int | None = None,
     if len(set(ids)) != len(ids):
         dup = next(i for i in ids if ids.count(i) > 1)
         raise TaskDataError(f"task {spec.name!r}: duplicate item id {dup!r} in the source")
-    chosen = [k for k, r in enumerate(data.rows) if row_split(spec, r, k) == split]
+    seen: set[str] = set()
+    chosen = []
+    for k, r in enumerate(data.rows):
+        question = clean_question(spec, r)
+        key = normalized_question(question) + "\x00" + (r.audio or "")  # a recording makes a new item
+        if question and key in seen:  # a generator may produce one question twice: keep the first
+            continue
+        seen.add(key)
+        if row_split(spec, r, k, question) == split:
+            chosen.append(k)
     if not chosen:
         raise ValueError(
             f"task {spec.name!r} has no {split!r} items ({len(data.rows)} rows; splits: {spec.splits}); "

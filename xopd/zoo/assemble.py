@@ -30,6 +30,7 @@ from transformers import (
     WhisperModel,
 )
 
+from xopd.offline import check_online
 from xopd.zoo import resolve
 
 AUDIO_TOKENS = ("<|audio_bos|>", "<|AUDIO|>", "<|audio_eos|>")
@@ -136,6 +137,9 @@ def assemble_speech_lm(
     """
     out_dir = Path(out_dir)
     enc_path, dec_path = resolve(encoder), resolve(decoder)
+    for name, path in ((encoder, enc_path), (decoder, dec_path)):
+        if not Path(path).expanduser().exists():  # neither a zoo name nor a local path: a hub id
+            check_online(f"model {name!r} from the Hugging Face hub", how="pass a zoo name or a local path")
 
     enc_cfg = AutoConfig.from_pretrained(enc_path)
     if enc_cfg.model_type != "whisper":
