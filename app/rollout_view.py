@@ -68,6 +68,9 @@ def show_prompt(run: RunDir, rec: dict[str, Any], *, compact: bool = False) -> N
         st.code(str(rec.get("prompt_text", "")), language=None, wrap_lines=True)
 
 
+KL_TILE = "reverse KL (sampled est.)"  # a sampled estimate, which can be negative (the exact KL cannot)
+
+
 def rollout_numbers(rec: dict[str, Any], threshold: float = DEFAULT_THRESHOLD) -> dict[str, Any]:
     """The headline numbers of a rollout, formatted."""
     adv = rec["tokens"]["advantage"]
@@ -75,7 +78,7 @@ def rollout_numbers(rec: dict[str, Any], threshold: float = DEFAULT_THRESHOLD) -
     first = first_divergence_position(adv, threshold)
     return {
         "tokens": rec["num_tokens"],
-        "reverse KL": _fmt(rec.get("reverse_kl"), ".4f"),
+        KL_TILE: _fmt(rec.get("reverse_kl"), ".4f"),
         "lowest advantage": _fmt(min(vals) if vals else None, "+.3f"),
         "first divergence": "none" if first is None else f"#{first}",
         "finished": "EOS" if rec.get("finished") else "cut",
@@ -84,7 +87,9 @@ def rollout_numbers(rec: dict[str, Any], threshold: float = DEFAULT_THRESHOLD) -
 
 _HELP = {
     "tokens": "completion tokens, EOS included",
-    "reverse KL": "mean over tokens of student lp − teacher lp (sampled-token estimate)",
+    KL_TILE: "sampled-token estimate of the reverse KL: the mean over this rollout's tokens of student lp − "
+             "teacher lp at the token that was sampled. A one-sample estimate, so it can be negative on a "
+             "rollout; the KL it estimates (a sum over the whole vocabulary) cannot.",
     "first divergence": f"first token whose advantage is below {DEFAULT_THRESHOLD}",
     "finished": "EOS: the model ended it; cut: it hit max_new_tokens",
     "lowest advantage": "the token the teacher disagrees with most, and its position",

@@ -113,11 +113,23 @@ def _cmd_gap(args: argparse.Namespace) -> int:
 
     t0 = time.perf_counter()
     out = Path(args.output)
-    out.mkdir(parents=True, exist_ok=True)
     model = args.model or DEFAULT_MODEL
     if not args.model:
         _log(f"no --model: running the embedded default ({model} on {args.tasks}, {args.limit} items each)")
     tasks = _load_tasks(args)
+    # A text LLM cannot hear: every spoken item would fail and the "gap" would be the text accuracy. Refuse it
+    # from its config (cheap: no weights load, nothing is generated or written).
+    from evalsuite.backends.resolve import resolve_model
+    from xopd.cascade import DEFAULT_ASR
+    from xopd.loading import ModelLoadError
+
+    if resolve_model(model, trust_remote_code=args.trust_remote_code).kind == "text":
+        raise ModelLoadError(
+            f"model {model!r} is a text LLM: it cannot hear the spoken items that `gap` compares with the text "
+            "ones. Use a speech LLM, or a cascade (--model cascade:<asr>+<llm>, e.g. "
+            f"cascade:{DEFAULT_ASR}+{model}); a text LLM can be the --teacher."
+        )
+    out.mkdir(parents=True, exist_ok=True)
     variants = parse_variants(args.variants)
     cache = Path(args.cache) if args.cache else out / "cache.jsonl"
     backend, samples, params = _run_model(model, args, tasks, (TEXT, SPEECH), variants, cache, "student")

@@ -34,6 +34,7 @@ class Sample:
     correct: bool = False
     error: str | None = None
     chance: float | None = None  # accuracy of guessing uniformly: yesno 0.5, choice 1/len(choices), else 0
+    benchmark: str | None = None  # the task file's ``benchmark:`` group (None: the task is its own benchmark)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -61,11 +62,12 @@ def prepare(task, items: Sequence[Item], modes: Sequence[str], variants: Sequenc
 
     out: list[PreparedRequest] = []
     instruction = task.spec.instruction or ""
+    benchmark = getattr(task.spec, "benchmark", None)
     for item in items:
         chance = chance_level(task.spec.answer_type, item.choices or tuple(task.spec.choices or ()))
         if TEXT in modes:
             text = task.render_text(item)
-            s = Sample(item.id, task.name, TEXT, "", text, item.answer, chance=chance)
+            s = Sample(item.id, task.name, TEXT, "", text, item.answer, chance=chance, benchmark=benchmark)
             if not item.question.strip():
                 s.error = "empty prompt"
                 out.append(PreparedRequest(s, None, item))
@@ -77,7 +79,7 @@ def prepare(task, items: Sequence[Item], modes: Sequence[str], variants: Sequenc
         spoken = task.render_spoken(item)
         sources = [("recorded", None)] if item.audio else [(v.name, v) for v in variants]
         for vname, variant in sources:
-            s = Sample(item.id, task.name, SPEECH, vname, spoken, item.answer, chance=chance)
+            s = Sample(item.id, task.name, SPEECH, vname, spoken, item.answer, chance=chance, benchmark=benchmark)
             try:
                 if item.audio:
                     audio = load_audio(Path(item.audio))

@@ -1,8 +1,9 @@
 """Paired statistics for text-vs-speech (and run-vs-run) accuracy: bootstrap CIs, McNemar, flips, the gate.
 
 Every function takes per-item correctness of two systems on the *same* items, as equal-length boolean arrays
-(a failed or errored item counts as incorrect; callers report failure rates beside these numbers). Pairing is
-kept throughout: an unpaired test on paired data wastes most of its power (lm-eval #3831).
+(an answer the scorer could not read counts as incorrect; an item that could not be asked at all -- bad audio,
+a model that cannot hear -- is no answer, and callers leave it out of both arrays and report how many). Pairing
+is kept throughout: an unpaired test on paired data wastes most of its power (lm-eval #3831).
 
 The bootstrap resamples items jointly. The mean paired difference depends on a resample only through how many
 items of each kind it drew (a✓b✗, a✗b✓, or concordant), so drawing those three counts from one multinomial per
@@ -13,6 +14,7 @@ an interval ~√B times too narrow.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -20,12 +22,15 @@ from scipy.stats import binom
 
 __all__ = [
     "GateResult",
+    "avg_drop_bootstrap_ci",
     "avg_drop_percent",
+    "benchmark_groups",
     "flip_counts",
     "gate_check",
     "mcnemar_exact",
     "one_sided_lower_bound",
     "paired_bootstrap_ci",
+    "stratified_macro_bootstrap_ci",
 ]
 
 
@@ -112,11 +117,24 @@ def mcnemar_exact(a, b) -> float:
     return float(min(1.0, 2.0 * binom.cdf(min(n01, n10), n, 0.5)))
 
 
-def avg_drop_percent(base_text: dict[str, float], scores: dict[str, float]) -> float:
+def benchmark_groups(tasks, groups: Mapping[str, str | None] | None = None) -> dict[str, list[str]]:
+    """{benchmark: [its tasks]} for ``tasks``, in first-seen order; a task that ``groups`` maps to no benchmark
+    (absent or None) is a benchmark of its own, named after itself."""
+    out: dict[str, list[str]] = {}
+    for t in tasks:
+        g = (groups or {}).get(t) or t
+        out.setdefault(g, []).append(t)
+    return out
+
+
+def avg_drop_percent(base_text: dict[str, float], scores: dict[str, float],
+                     groups: Mapping[str, str | None] | None = None) -> float:
     """The paper's Avg. Drop %: mean over benchmarks of (base_text − score) / base_text × 100.
 
-    ``base_text`` is the text teacher's own text score per benchmark; ``scores`` the scores to compare (speech
-    scores for ΔS, the student's text scores for ΔT), in the same units. Averages over the benchmarks in
+    ``base_text`` is the text teacher's own text score per task; ``scores`` the scores to compare (speech
+    scores for ΔS, the student's text scores for ΔT), in the same units. ``groups`` maps a task to the benchmark
+    it is part of (Big Bench Audio is four task files); a benchmark's score is the mean of its tasks' scores,
+    and a task without a group is a benchmark of its own. Averages over the benchmarks of the tasks in
     ``scores``; each must have a positive base score.
     """
     if not scores:
@@ -125,12 +143,99 @@ def avg_drop_percent(base_text: dict[str, float], scores: dict[str, float]) -> f
     if missing:
         raise ValueError(f"avg_drop_percent: no base text score for benchmark(s) {', '.join(missing)}")
     drops = []
-    for name, score in scores.items():
-        base = base_text[name]
+    for name, tasks in benchmark_groups(scores, groups).items():
+        base = float(np.mean([base_text[t] for t in tasks]))
+        score = float(np.mean([scores[t] for t in tasks]))
         if not base > 0:
             raise ValueError(f"avg_drop_percent: base text score of {name!r} is {base}; drop undefined")
         drops.append((base - score) / base * 100.0)
     return float(np.mean(drops))
+
+
+def _quantiles(reps: np.ndarray, confidence: float) -> tuple[float, float]:
+    """The two-sided percentile interval of bootstrap replicates (NaN replicates left out; NaN if all are)."""
+    reps = reps[np.isfinite(reps)]
+    if reps.size == 0:
+        return float("nan"), float("nan")
+    tail = (1.0 - confidence) / 2.0
+    lo, hi = np.quantile(reps, [tail, 1.0 - tail])
+    return float(lo), float(hi)
+
+
+def stratified_macro_bootstrap_ci(
+    strata: Sequence[tuple[Sequence, Sequence]], *, confidence: float = 0.95, n_boot: int = 10_000, seed: int = 0
+) -> tuple[float, float, float]:
+    """(macro, lo, hi) of the macro paired difference: the mean over strata (tasks) of each stratum's
+    mean(a) − mean(b), with a percentile bootstrap that resamples items *within* each stratum (each task keeps
+    its size) and recomputes the macro. Every task weighs the same whatever its size, unlike the pooled
+    difference over all items.
+
+    ``strata`` holds one (a, b) pair of equal-length 0/1 arrays per task (the same items in both).
+    """
+    if not strata:
+        raise ValueError("no strata: a macro difference needs at least one task")
+    _check_confidence(confidence)
+    if n_boot < 1:
+        raise ValueError(f"n_boot must be >= 1, got {n_boot}")
+    rng = np.random.default_rng(seed)
+    point, reps = [], np.zeros(n_boot)
+    for k, (a, b) in enumerate(strata):
+        a, b = _paired(a, b, (f"strata[{k}].a", f"strata[{k}].b"))
+        n = a.size
+        a_only, b_only = flip_counts(a, b)
+        probs = np.array([a_only, b_only, n - a_only - b_only], dtype=float) / n
+        counts = rng.multinomial(n, probs, size=n_boot)
+        reps += (counts[:, 0] - counts[:, 1]) / n
+        point.append(a.mean() - b.mean())
+    lo, hi = _quantiles(reps / len(strata), confidence)
+    return float(np.mean(point)), lo, hi
+
+
+def avg_drop_bootstrap_ci(
+    pairs: Mapping[str, tuple[Sequence, Sequence]],
+    groups: Mapping[str, str | None] | None = None,
+    *,
+    confidence: float = 0.95,
+    n_boot: int = 10_000,
+    seed: int = 0,
+) -> tuple[float, float, float]:
+    """(Avg. Drop %, lo, hi): :func:`avg_drop_percent` of per-task accuracies, with a paired percentile bootstrap.
+
+    ``pairs[task] = (base, score)``: per-item 0/1 correctness of the teacher's text answers and of the compared
+    answers (the student's speech for ΔS, its text for ΔT) on the same items, in the same order. A replicate
+    resamples items within each task, the two correctnesses of an item together, and recomputes the task
+    accuracies, the benchmark scores (``groups``, as in :func:`avg_drop_percent`) and their mean drop. A
+    replicate in which some benchmark's base score is 0 has no drop and is left out of the interval.
+    """
+    if not pairs:
+        raise ValueError("avg_drop_bootstrap_ci: no tasks given")
+    _check_confidence(confidence)
+    if n_boot < 1:
+        raise ValueError(f"n_boot must be >= 1, got {n_boot}")
+    rng = np.random.default_rng(seed)
+    base_acc: dict[str, float] = {}
+    score_acc: dict[str, float] = {}
+    base_reps: dict[str, np.ndarray] = {}
+    score_reps: dict[str, np.ndarray] = {}
+    for task, (base, score) in pairs.items():
+        base, score = _paired(base, score, (f"{task}: base", f"{task}: score"))
+        n = base.size
+        # the four kinds of item: both right, base only, score only, neither
+        cells = np.array([np.count_nonzero(base & score), np.count_nonzero(base & ~score),
+                          np.count_nonzero(~base & score), np.count_nonzero(~base & ~score)], dtype=float)
+        counts = rng.multinomial(n, cells / n, size=n_boot)
+        base_acc[task], score_acc[task] = float(base.mean()), float(score.mean())
+        base_reps[task] = (counts[:, 0] + counts[:, 1]) / n
+        score_reps[task] = (counts[:, 0] + counts[:, 2]) / n
+    point = avg_drop_percent(base_acc, score_acc, groups)
+    drops = []
+    for tasks in benchmark_groups(pairs, groups).values():
+        b = np.mean([base_reps[t] for t in tasks], axis=0)
+        s = np.mean([score_reps[t] for t in tasks], axis=0)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            drops.append(np.where(b > 0, (b - s) / np.where(b > 0, b, 1.0) * 100.0, np.nan))
+    lo, hi = _quantiles(np.mean(drops, axis=0), confidence)
+    return point, lo, hi
 
 
 @dataclass(frozen=True)

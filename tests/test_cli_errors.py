@@ -134,3 +134,15 @@ def test_run_cli_expected_is_one_line_unexpected_keeps_its_traceback(capsys: pyt
     with pytest.raises(KeyError):  # UnknownTaskError is a KeyError; a plain KeyError is not expected
         run_cli("prog", fail, KeyError("k"), expected=EVAL_ERRORS)
     assert run_cli("prog", lambda: 0, expected=()) == 0
+
+
+def test_eval_gap_refuses_a_text_llm_before_generating(tmp_path: Path) -> None:
+    """A text LLM cannot hear the spoken items: every one would error and the "gap" would be its text accuracy
+    (seen: speech 0.0, gap +51.0, McNemar p 8.9e-16). `gap` says so from the model's config, before loading
+    weights or generating anything."""
+    out = tmp_path / "out"
+    proc = _cli("xopd-eval", "gap", "--model", "smollm2-135m-instruct", "--tasks", "syllogism", "--limit", "2",
+                "--backend", "hf", "--output", str(out), cwd=tmp_path)
+    _one_error_line(proc, "xopd-eval", "'smollm2-135m-instruct' is a text LLM", "speech LLM", "cascade:")
+    assert not (out / "samples.jsonl").exists() and not (out / "cache.jsonl").exists()
+    assert not (out / "report.json").exists()

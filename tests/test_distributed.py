@@ -223,3 +223,42 @@ def test_vllm_rollouts_under_fsdp(tmp_path):
         diffs = sampler_gaps(rows, step)
         # without the push the step-2 samples would come from the step-0 weights (differences ~1)
         assert diffs and max(diffs) < TOL, (step, max(diffs))
+
+
+@pytest.mark.slow
+def test_auto_device_checkpoint_resumes_under_one_and_two_processes(tmp_path):
+    """``models.device: auto`` in 2 processes: the checkpoint holds ``auto`` as written (not this process's
+    resolved device), so it resumes in 1 process and in 2, and both make the same step 2."""
+    import yaml
+
+    args = [
+        "logging.progress=false",
+        "models.device=auto",
+        "rollout.seed_per_prompt=true",  # the same samples in 1 process as in 2
+        "schedule.batch_prompts=2",
+        "rollout.max_new_tokens=4",
+        "eval.at_start=false",
+        "eval.at_end=false",
+        "checkpoint.every=1",
+        "checkpoint.keep_last=1",
+        "checkpoint.export_final=false",
+    ]
+    two, one = tmp_path / "two", tmp_path / "one"
+    _launch(two, "schedule.steps=1", args=args)
+    ckpt = two / "checkpoints" / "step-000001"
+    for saved in (ckpt / "config.yaml", two / "config.yaml"):
+        assert yaml.safe_load(saved.read_text())["models"]["device"] == "auto", saved
+    resumed = subprocess.run(
+        [*CMD, f"output_dir={one}", *args, "schedule.steps=2", f"checkpoint.resume={ckpt}"],
+        env=_env(),
+        cwd=ROOT,
+        timeout=300,
+        capture_output=True,
+        text=True,
+    )
+    assert resumed.returncode == 0 and "resumed at step 1" in resumed.stderr, resumed.stderr[-3000:]
+    stderr = _launch(two, "schedule.steps=2", args=args)  # checkpoint.resume=auto: the same checkpoint
+    assert "resumed at step 1" in stderr and "2 processes, ddp" in stderr
+    (m1,), (m2,) = _jsonl(one / "metrics.jsonl"), _jsonl(two / "metrics.jsonl")[1:]
+    assert m1["step"] == m2["step"] == 2
+    assert m2["loss"] == pytest.approx(m1["loss"], rel=1e-5, abs=1e-7)

@@ -530,3 +530,65 @@ def test_chunked_functions_on_hidden_states_of_a_real_causal_lm():
     L.masked_mean(kl, mask).backward()
     assert student.model.layers[0].mlp.up_proj.weight.grad.abs().sum() > 0
     assert all(p.grad is None for p in teacher.parameters())
+
+
+# --- the sampler's distribution (importance ratio on the same processed distribution) ------------------------
+
+
+@pytest.mark.parametrize("temperature,top_p", [(0.7, 0.9), (1.0, 1.0), (1.0, 0.9), (0.7, 1.0), (1.3, 0.5)])
+@pytest.mark.parametrize("banned_first", [False, True])
+def test_sampler_logits_match_transformers_and_vllm_order(temperature, top_p, banned_first):
+    """Banned ids masked before temperature -> top-p (vLLM's allowed_token_ids; transformers with a custom
+    processor) or after them: both orders, against transformers' own warpers."""
+    from transformers.generation.logits_process import TemperatureLogitsWarper, TopPLogitsWarper
+
+    g = torch.Generator().manual_seed(0)
+    logits = 3 * torch.randn(6, 50, generator=g)
+    banned = torch.zeros(50, dtype=torch.bool)
+    banned[[3, 7, 11]] = True
+    want = logits.clone()
+    if banned_first:
+        want = want.masked_fill(banned, float("-inf"))
+    if temperature != 1.0:
+        want = TemperatureLogitsWarper(temperature)(None, want)
+    if top_p < 1.0:
+        want = TopPLogitsWarper(top_p)(None, want)
+    if not banned_first:
+        want = want.masked_fill(banned, float("-inf"))
+    got = L.sampler_logits(logits, temperature=temperature, top_p=top_p, banned=banned,
+                                banned_first=banned_first)
+    assert torch.equal(torch.isinf(got), torch.isinf(want))
+    fin = torch.isfinite(want)
+    assert torch.allclose(got.log_softmax(-1)[fin], want.log_softmax(-1)[fin], atol=1e-6)
+
+
+def test_sampler_token_logprobs_chunked_equals_plain_and_has_finite_gradients():
+    g = torch.Generator().manual_seed(1)
+    hidden = torch.randn(2, 5, 8, generator=g, requires_grad=True)
+    weight = torch.randn(40, 8, generator=g, requires_grad=True)
+    mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]], dtype=torch.bool)
+    kw = dict(vocab_size=32, temperature=0.7, top_p=0.9, banned_ids=[5, 6], banned_first=True)
+    logits = L.sampler_logits(hidden @ weight[:32].T, temperature=0.7, top_p=0.9,
+                              banned=torch.isin(torch.arange(32), torch.tensor([5, 6])), banned_first=True)
+    ids = logits.argmax(-1)  # in the nucleus by construction
+    plain = L.sampler_token_logprobs(hidden, weight, ids, mask, chunk_size=64, **kw)
+    chunked = L.sampler_token_logprobs(hidden, weight, ids, mask, chunk_size=3, **kw)
+    assert torch.allclose(plain, chunked, atol=1e-6)
+    want = logits.log_softmax(-1).gather(-1, ids[..., None]).squeeze(-1)
+    assert torch.allclose(plain[mask], want[mask], atol=1e-5) and (plain[~mask] == 0).all()
+    chunked.sum().backward()
+    assert torch.isfinite(hidden.grad).all() and torch.isfinite(weight.grad).all()
+    # a token outside the nucleus (or banned) gets the floor, not -inf
+    out = L.sampler_token_logprobs(hidden.detach(), weight.detach(), torch.full_like(ids, 5), mask, **kw)
+    assert (out[mask] == -1e4).all()
+    # banning last, the padded rows (>= vocab_size) take part in top-p before they are removed
+    last = L.sampler_token_logprobs(hidden.detach(), weight.detach(), ids, mask, **{**kw, "banned_first": False})
+    assert torch.isfinite(last).all() and not torch.allclose(last, plain.detach())
+
+
+def test_policy_loss_reports_ratio_range():
+    lp = torch.tensor([[-1.0, -2.0, -3.0]])
+    old = torch.tensor([[-1.0, -2.5, -2.0]])
+    adv = torch.tensor([[0.5, -0.5, 1.0]])
+    _, st = L.xopd_policy_loss(lp, old, adv, torch.tensor([[1, 1, 0]]), clip_eps=0.2)
+    assert st["ratio_min"] == pytest.approx(1.0) and st["ratio_max"] == pytest.approx(math.exp(0.5))

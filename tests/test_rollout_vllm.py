@@ -249,9 +249,11 @@ def test_push_with_lora_and_with_a_trained_projector(setup, student: ModelAdapte
     _check_push(engine, student, prompts, vocab, banned, "LoRA (merged)")
 
 
-def test_two_training_steps_with_the_vllm_engine(tmp_path: Path) -> None:
+@pytest.mark.parametrize("temperature,top_p", [(1.0, 1.0), (0.7, 0.9)])
+def test_two_training_steps_with_the_vllm_engine(tmp_path: Path, temperature: float, top_p: float) -> None:
     """The real trainer, rollout.engine=vllm, on the demo recipe: runs, and logs sampler log-probs that agree
-    with the trainer's recomputed student log-probs at step 1 and (after the weight push) at step 2."""
+    with the trainer's recomputed student log-probs at step 1 and (after the weight push) at step 2; the
+    importance ratio, scored on the sampler's processed distribution, is 1 within TOL at both steps."""
     out = tmp_path / "run"
     cmd = [
         str(Path(sys.executable).parent / "xopd-train"),
@@ -259,6 +261,8 @@ def test_two_training_steps_with_the_vllm_engine(tmp_path: Path) -> None:
         str(ROOT / "recipes" / "demo.yaml"),
         f"output_dir={out}",
         *TWO_VLLM_STEPS,
+        f"rollout.temperature={temperature}",
+        f"rollout.top_p={top_p}",
     ]
     start = time.perf_counter()
     proc = subprocess.run(cmd, cwd=ROOT, env=dict(os.environ), capture_output=True, text=True, timeout=600)
@@ -270,4 +274,10 @@ def test_two_training_steps_with_the_vllm_engine(tmp_path: Path) -> None:
     for step in (1, 2):
         diffs = sampler_gaps(rows, step)
         print(f"step {step}: max |sampler_lp - student_lp| = {max(diffs):.2e} over {len(diffs)} tokens")
-        assert diffs and max(diffs) < TOL
+        if temperature == 1.0 and top_p == 1.0:  # the raw log-prob is the sampler's only at T = 1, no top-p
+            assert diffs and max(diffs) < TOL
+    for m in (json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()):
+        for modality in ("text", "speech"):
+            lo, hi = m[f"ratio_min_{modality}"], m[f"ratio_max_{modality}"]
+            print(f"step {m['step']} {modality}: ratio in [{lo:.6f}, {hi:.6f}]")
+            assert abs(lo - 1) < TOL and abs(hi - 1) < TOL

@@ -216,3 +216,66 @@ def test_avg_drop_percent_by_hand() -> None:
         avg_drop_percent(teacher_text, {"arith": 0.3})
     with pytest.raises(ValueError, match="'z'.*undefined"):
         avg_drop_percent({"z": 0.0}, {"z": 0.1})
+
+
+# --- macro over tasks and the paper's Avg. Drop % over benchmarks, with their bootstrap intervals ----------------
+
+
+def test_stratified_macro_bootstrap_by_hand() -> None:
+    from evalsuite.stats import stratified_macro_bootstrap_ci
+
+    # task x: 2 items, both a✓b✗ (gap 1); task y: 8 concordant items (gap 0). Resampling within each task
+    # cannot change either gap, so the macro is 0.5 with a zero-width interval -- the pooled gap is 2/10.
+    x = ([1, 1], [0, 0])
+    y = ([1] * 4 + [0] * 4, [1] * 4 + [0] * 4)
+    assert stratified_macro_bootstrap_ci([x, y], n_boot=2000) == (0.5, 0.5, 0.5)
+    pooled = paired_bootstrap_ci(x[0] + y[0], x[1] + y[1], n_boot=2000)
+    assert pooled[0] == pytest.approx(0.2)
+    # task x': items a✓b✗ and a✓b✓: its resampled gap is 1, 1/2 or 0 with probabilities 1/4, 1/2, 1/4, so the
+    # macro with y is 1/2, 1/4 or 0: the 95% interval is [0, 1/2] and the 40% one (30th-70th percentile) 1/4.
+    x2 = ([1, 1], [0, 1])
+    assert stratified_macro_bootstrap_ci([x2, y], n_boot=4000) == (0.25, 0.0, 0.5)
+    assert stratified_macro_bootstrap_ci([x2, y], confidence=0.4, n_boot=4000) == (0.25, 0.25, 0.25)
+    # one task: exactly the paired bootstrap (same seed, same draws)
+    a, b = _table(30, 12, 5, 13)
+    assert stratified_macro_bootstrap_ci([(a, b)], n_boot=3000, seed=4) == pytest.approx(
+        paired_bootstrap_ci(a, b, n_boot=3000, seed=4))
+    with pytest.raises(ValueError, match="no strata"):
+        stratified_macro_bootstrap_ci([])
+    with pytest.raises(ValueError, match="differ in length"):
+        stratified_macro_bootstrap_ci([([1, 0], [1])])
+
+
+def test_avg_drop_percent_averages_over_benchmarks() -> None:
+    base = {"a1": 0.8, "a2": 0.6, "b": 0.5}
+    scores = {"a1": 0.4, "a2": 0.6, "b": 0.5}
+    # per task file: (50 + 0 + 0) / 3; per benchmark: A = a1 + a2 scores 0.5 against 0.7 -> 200/7 %, b 0 %
+    assert avg_drop_percent(base, scores) == pytest.approx(50 / 3)
+    assert avg_drop_percent(base, scores, {"a1": "A", "a2": "A"}) == pytest.approx((0.2 / 0.7 * 100 + 0) / 2)
+    assert avg_drop_percent(base, scores, {"a1": "A", "a2": "A", "b": None}) == pytest.approx(100 / 7)
+    with pytest.raises(ValueError, match="'A'"):
+        avg_drop_percent({"a1": 0.0, "a2": 0.0}, {"a1": 0.1, "a2": 0.1}, {"a1": "A", "a2": "A"})
+
+
+def test_avg_drop_bootstrap_ci_by_hand() -> None:
+    from evalsuite.stats import avg_drop_bootstrap_ci
+
+    # teacher right on both items, student on one: drop 50 %; resampled, the student's accuracy is 1, 1/2 or 0
+    # (p = 1/4, 1/2, 1/4), so the drop is 0, 50 or 100 %: 95% interval [0, 100], 40% interval [50, 50]
+    one = {"t": ([1, 1], [1, 0])}
+    assert avg_drop_bootstrap_ci(one, n_boot=4000) == (50.0, 0.0, 100.0)
+    assert avg_drop_bootstrap_ci(one, confidence=0.4, n_boot=4000) == (50.0, 50.0, 50.0)
+    # benchmarks: A = a1 (drop 100 %) + a2 (drop 0) scores 1/2 against 1 -> 50 %; b 0 %: Avg. Drop 25 %
+    # (33.3 % averaged over the three task files). Every cell is homogeneous: a zero-width interval.
+    pairs = {"a1": ([1] * 3, [0] * 3), "a2": ([1] * 3, [1] * 3), "b": ([1] * 4, [1] * 4)}
+    assert avg_drop_bootstrap_ci(pairs, {"a1": "A", "a2": "A"}, n_boot=500) == (25.0, 25.0, 25.0)
+    assert avg_drop_bootstrap_ci(pairs, n_boot=500)[0] == pytest.approx(100 / 3)
+    # the teacher's and student's correctness of an item are resampled together: teacher [1, 0], student
+    # [0, 0] gives base 1 or 1/2 with score 0 (drop 100 %), or base 0 (no drop: that replicate is left out)
+    assert avg_drop_bootstrap_ci({"t": ([1, 0], [0, 0])}, n_boot=1000) == (100.0, 100.0, 100.0)
+    # a real-sized case: the interval holds the point and has width
+    rng = np.random.default_rng(1)
+    t = rng.random(200) < 0.8
+    s = t & (rng.random(200) < 0.7)
+    point, lo, hi = avg_drop_bootstrap_ci({"t": (t, s)}, n_boot=2000)
+    assert lo < point < hi and point == pytest.approx((t.mean() - s.mean()) / t.mean() * 100)

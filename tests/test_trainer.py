@@ -578,3 +578,102 @@ def test_resume_refuses_an_optimizer_state_of_another_layout(tmp_path):
     with pytest.raises(ResumeError, match=r"step-000001.*optimizer state does not fit"):
         # (a changed distributed.strategy alone is allowed: only the optimizer state is refused)
         run_train(out, "schedule.steps=2", *common, "distributed.strategy=fsdp")
+
+
+def test_same_seed_same_run_with_a_cold_or_a_warm_cache(tmp_path, monkeypatch):
+    """The first run on a fresh machine trains as every later run: with an empty $XOPD_HOME the fixtures
+    are built and every prompt is spoken (espeak-ng and hibari) during the first run, from a warm cache
+    nothing is built or synthesised -- the same losses and samples either way."""
+    home = tmp_path / "home"
+    monkeypatch.setenv("XOPD_HOME", str(home))
+    common = (
+        "data.tasks=[sums]",
+        "data.variants=[clean,hibari]",
+        "schedule.steps=2",
+        "schedule.batch_prompts=2",
+        "rollout.max_new_tokens=6",
+        "eval.at_start=true",  # the held-out prompts are spoken (cold) before step 1 as well
+        "eval.at_end=false",
+        "eval.num_prompts=2",
+        "checkpoint.export_final=false",
+    )
+    run_train(tmp_path / "cold", *common)
+    rendered = sorted((home / "tts").rglob("*.wav"))
+    assert rendered and (home / "fixtures" / "built").is_dir()  # it really started cold
+    run_train(tmp_path / "warm", *common)
+    assert sorted((home / "tts").rglob("*.wav")) == rendered  # nothing synthesised the second time
+    cold, warm = metrics(tmp_path / "cold"), metrics(tmp_path / "warm")
+    print("cold losses:", [r["loss"] for r in cold], "warm losses:", [r["loss"] for r in warm])
+    assert [r["loss"] for r in cold] == [r["loss"] for r in warm]
+    assert [r["kl_speech"] for r in cold] == [r["kl_speech"] for r in warm]
+    ids = [
+        [(r["modality"], r["variant"], r["tokens"]["id"]) for r in read_records(out / "rollouts.jsonl")]
+        for out in (tmp_path / "cold", tmp_path / "warm")
+    ]
+    # the draws here speak hibari (seed 0); the held-out evaluation speaks data.variants[0], espeak-ng's clean
+    assert ids[0] == ids[1] and "hibari" in {v for _, v, _ in ids[0]}
+
+
+def test_keys_the_loss_kind_ignores_are_errors(tmp_path, capsys):
+    import re
+
+    import yaml
+
+    # written in an override: each names the key and the kind that ignores it
+    cases = [
+        (["loss.kind=sft", "loss.reward=power"], "loss.reward", "sft"),
+        (["loss.kind=gkd", "loss.power_alpha=2"], "loss.power_alpha", "gkd"),
+        (["loss.kind=offline_kd", "loss.clip_eps=0.2"], "loss.clip_eps", "offline_kd"),
+        (["loss.divergence=forward_kl"], "loss.divergence", "xopd"),
+        (["loss.kind=sft", "loss.beta=0.5"], "loss.beta", "sft"),
+        (["loss.topk=5"], "loss.topk", "xopd"),
+        (["loss.kind=sft", "rollout.n=4"], "rollout.n", "sft"),
+    ]
+    for overrides, key, kind in cases:
+        with pytest.raises(ConfigError, match=rf"{re.escape(key)} does nothing with loss\.kind={kind}\b"):
+            load_config(TINY, overrides)
+
+    def recipe(name: str, **sections) -> Path:
+        path = tmp_path / f"{name}.yaml"
+        path.write_text(yaml.safe_dump({"data": {"tasks": ["sums"]}, **sections}))
+        return path
+
+    # written in the YAML
+    sft_n = r"sft\.yaml: config key rollout\.n does nothing with loss\.kind=sft\b"
+    with pytest.raises(ConfigError, match=sft_n):
+        load_config(recipe("sft", loss={"kind": "sft"}, rollout={"n": 2}))
+    with pytest.raises(ConfigError, match=r"loss\.beta does nothing with loss\.kind=xopd"):
+        load_config(recipe("xopd-beta", loss={"kind": "xopd", "beta": 0.5}))
+    from xopd.config import ignored_recipe_keys
+
+    # recipes that write only keys their kind reads load; defaults never count (rollout.n is 4 by default)
+    gkd = load_config(recipe("gkd", loss={"kind": "gkd", "divergence": "jsd", "beta": 0.5}))
+    assert gkd.loss.beta == 0.5 and gkd.rollout.n == 4 and gkd.loss.clip_eps is None
+    sft = load_config(recipe("sft-ok", loss={"kind": "sft"}, rollout={"max_new_tokens": 8}))
+    assert sft.loss.kind == "sft" and ignored_recipe_keys(sft) == []
+    xopd = load_config(
+        recipe("xopd", loss={"reward": "power", "power_alpha": 3.0, "clip_eps": 0.2}, rollout={"n": 8})
+    )
+    assert xopd.loss.power_alpha == 3.0 and xopd.rollout.n == 8
+    for name in ("demo", "tiny", "qwen2_5_omni_7b", "qwen3_omni_30b"):
+        assert ignored_recipe_keys(load_config(ROOT / "recipes" / f"{name}.yaml")) == []
+    # a baseline one override away from an X-OPD recipe: the recipe's n is not read, and that is said
+    assert ignored_recipe_keys(load_config(TINY, ["loss.kind=sft"])) == ["rollout.n"]
+    # the CLI: one line naming the key and the kind, exit 2
+    assert cli.main(["--config", str(TINY), "loss.beta=0.5", "--print-config"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "loss.beta" in err and "loss.kind=xopd" in err, err
+
+
+@pytest.mark.parametrize("temperature,top_p", [(0.7, 0.9), (0.7, 1.0), (1.0, 0.9), (1.0, 1.0)])
+def test_importance_ratio_is_one_on_policy_at_any_temperature_and_top_p(tmp_path, temperature, top_p):
+    """pi_theta is scored on the sampler's own processed distribution (temperature, top-p, banned audio ids),
+    so on the first step, before any update, the ratio is 1 on every token; metrics.jsonl says so per modality.
+    (Scoring pi_theta at T = 1 on the full vocabulary, as before, gave ratios far from 1 at T = 0.7.)"""
+    run_train(tmp_path, "schedule.steps=1", "eval.at_start=false", "eval.at_end=false", "checkpoint.every=0",
+              "checkpoint.export_final=false", f"rollout.temperature={temperature}", f"rollout.top_p={top_p}",
+              "loss.clip_eps=0.2")
+    (m,) = metrics(tmp_path)
+    for modality in ("text", "speech"):
+        assert abs(m[f"ratio_min_{modality}"] - 1) < 1e-5 and abs(m[f"ratio_max_{modality}"] - 1) < 1e-5, m
+        assert abs(m[f"ratio_mean_{modality}"] - 1) < 1e-5 and m[f"clip_frac_{modality}"] == 0.0

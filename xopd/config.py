@@ -5,6 +5,13 @@ order and validates the result. Values are typed by the dataclass fields: ``"1e-
 reads ``1e-5`` without a dot as a string), ``"true"`` a bool, ``"null"`` None, ``"a,b"`` a list. Any key that
 no dataclass declares is an error naming the dotted key and the keys that exist at that level, so a typo never
 silently trains with a default.
+
+Some keys are read by only some loss kinds (``KIND_KEYS``: ``loss.beta`` by ``gkd``, ``rollout.n`` by every
+kind that samples, ...). A key the recipe or an override *writes* that the chosen kind would ignore is an
+error naming the key and the kind; defaults never are. One exception keeps the baselines one override away
+from an X-OPD recipe: when an override switches a selector (``loss.kind=sft``, ``loss.divergence=...``) away
+from the recipe's, the recipe's own keys that the new choice ignores are not errors but listed in
+:func:`ignored_recipe_keys` (the trainer prints them). Keys written in the overrides are always checked.
 """
 
 from __future__ import annotations
@@ -59,7 +66,7 @@ class RolloutConfig:
     # hf: transformers generate on the trained module; vllm: a colocated vLLM engine the student's weights
     # are pushed into after every update (xopd.rollout_vllm)
     engine: Literal["hf", "vllm"] = "hf"
-    n: int = 2  # rollouts per prompt and modality
+    n: int = 4  # rollouts per prompt and modality (the paper's 4; sft trains on the references, none sampled)
     max_new_tokens: int = 64
     temperature: float = 1.0
     top_p: float = 1.0
@@ -195,6 +202,19 @@ RESUMABLE_CHANGES = (
     "rollout.batch_size",
     "distributed.",
 )
+
+# Keys that only some choices read: key -> {selector: the selector values under which the key is read}. All
+# conditions must hold. Writing such a key while one fails is a ConfigError (see the module docstring).
+KIND_KEYS: dict[str, dict[str, tuple[str, ...]]] = {
+    "loss.reward": {"loss.kind": ("xopd",)},
+    "loss.clip_eps": {"loss.kind": ("xopd",)},
+    "loss.power_alpha": {"loss.kind": ("xopd",), "loss.reward": ("power",)},
+    "loss.divergence": {"loss.kind": ("gkd",)},
+    "loss.beta": {"loss.kind": ("gkd",), "loss.divergence": ("jsd",)},
+    "loss.topk": {"loss.kind": ("gkd",), "loss.divergence": ("topk_reverse_kl",)},
+    # sft trains on the reference answers: nothing is sampled (offline_kd samples n teacher answers)
+    "rollout.n": {"loss.kind": ("xopd", "offline_kd", "gkd")},
+}
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -356,12 +376,92 @@ def parse_override(text: str) -> tuple[str, Any]:
 def config_from_dict(data: dict[str, Any] | None, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
     """A validated RunConfig from a nested dict (a parsed recipe) and dotted overrides applied in order."""
     tree = copy.deepcopy(dict(data or {}))  # overrides must not write into the caller's dict
+    recipe_keys = set(_given_keys(tree))
+    recipe = {sel: _recipe_value(tree, sel) for sel in {s for when in KIND_KEYS.values() for s in when}}
+    override_keys: list[str] = []
     for text in overrides:
         key, value = parse_override(text)
         _set_dotted(tree, key, value)
+        override_keys.append(key)
     cfg = _build(RunConfig, tree, "")
     validate(cfg)
+    ignored = check_kind_keys(cfg, recipe, recipe_keys, set(override_keys))
+    cfg._ignored_recipe_keys = ignored  # type: ignore[attr-defined]  # not a field: never saved or compared
     return cfg
+
+
+def _given_keys(tree: dict[str, Any]) -> list[str]:
+    """Dotted keys a recipe tree writes: its leaves (a section left empty or null writes none)."""
+    out: list[str] = []
+    for k, v in tree.items():
+        if isinstance(v, dict):
+            out += [f"{k}.{sub}" for sub in v]  # sections are one level deep
+        elif not (v is None and dataclasses.is_dataclass(_hints(RunConfig).get(k))):
+            out.append(str(k))
+    return out
+
+
+def _recipe_value(tree: dict[str, Any], dotted: str) -> Any:
+    """What the recipe chose for the selector ``dotted`` (``loss.kind``): its value, else the default."""
+    section, name = dotted.split(".")
+    given = tree.get(section)
+    if isinstance(given, dict) and name in given:
+        return given[name]
+    return getattr(_hints(RunConfig)[section](), name)
+
+
+def _value(cfg: RunConfig, dotted: str) -> Any:
+    node: Any = cfg
+    for part in dotted.split("."):
+        node = getattr(node, part)
+    return node
+
+
+def _unread_because(cfg: RunConfig, key: str) -> str | None:
+    """The selector whose value makes ``cfg`` ignore ``key`` (``"loss.kind"``), or None when it is read."""
+    for selector, values in KIND_KEYS[key].items():
+        if _value(cfg, selector) not in values:
+            return selector
+    return None
+
+
+def _reads(key: str) -> str:
+    return ", ".join(f"{sel}={'|'.join(vals)}" for sel, vals in KIND_KEYS[key].items())
+
+
+def check_kind_keys(
+    cfg: RunConfig, recipe: dict[str, Any], recipe_keys: set[str], override_keys: set[str]
+) -> list[str]:
+    """ConfigError for a written key that ``cfg``'s loss kind (or divergence, reward) ignores; returns the
+    recipe's keys left unread because an override switched that selector away from the recipe's choice
+    (``recipe``: selector -> the recipe's value)."""
+    errors: list[str] = []
+    ignored: list[str] = []
+    for key in KIND_KEYS:
+        if key not in recipe_keys and key not in override_keys:
+            continue  # a default: never an error
+        selector = _unread_because(cfg, key)
+        if selector is None:
+            continue
+        switched = selector in override_keys and _value(cfg, selector) != recipe[selector]
+        if key not in override_keys and switched:
+            ignored.append(key)  # written for the recipe's own choice, which an override changed
+            continue
+        where = f"loss.kind={cfg.loss.kind}"
+        if selector != "loss.kind":
+            where += f", {selector}={_value(cfg, selector)}"
+        errors.append(f"{key} does nothing with {where} (it is read only with {_reads(key)})")
+    if errors:
+        head = "config key " if len(errors) == 1 else "config keys that do nothing here: "
+        raise ConfigError(head + "; ".join(errors) + ("; remove it" if len(errors) == 1 else "; remove them"))
+    return ignored
+
+
+def ignored_recipe_keys(cfg: RunConfig) -> list[str]:
+    """Keys the recipe wrote that ``cfg`` does not read because an override switched ``loss.kind`` (or
+    ``loss.divergence`` / ``loss.reward``) away from the recipe's choice, e.g. ``rollout.n`` of an X-OPD
+    recipe run with ``loss.kind=sft``; [] for a config not made by :func:`config_from_dict`."""
+    return list(getattr(cfg, "_ignored_recipe_keys", []))
 
 
 def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:

@@ -22,10 +22,11 @@ saved in checkpoints and restored exactly.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import random
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -168,7 +169,12 @@ def load_eval_pairs(cfg: Any) -> list[PromptPair]:
 
 def speech_audio(pair: PromptPair, variant: str) -> tuple[np.ndarray, str]:
     """The speech version's samples (16 kHz mono float32) and the WAV they come from (rendered and cached by
-    evalsuite's TTS when the pair has no recording)."""
+    evalsuite's TTS when the pair has no recording).
+
+    Cold cache or warm, the same samples and the same RNG afterwards: the samples are always read back from
+    the WAV (a fresh render is not used from memory), and a render on a cache miss runs with the global RNGs
+    (python, numpy, torch) saved and restored, so a TTS engine can never consume the training's random
+    stream on the first run only."""
     from evalsuite.speech import load_audio, parse_variants, render
 
     if pair.audio is not None:
@@ -177,8 +183,23 @@ def speech_audio(pair: PromptPair, variant: str) -> tuple[np.ndarray, str]:
         if not pair.spoken or not pair.spoken.strip():
             raise DataError(f"prompt {pair.id!r}: nothing to speak")
         (v,) = parse_variants([variant])
-        path = render(pair.spoken, v)
+        with _global_rng_kept():
+            path = render(pair.spoken, v)
     return load_audio(path), str(path)
+
+
+@contextlib.contextmanager
+def _global_rng_kept() -> Iterator[None]:
+    """Restore python's, numpy's and torch's (CPU) global RNG states after the block (TTS runs on the CPU)."""
+    import torch
+
+    py, npy, pt = random.getstate(), np.random.get_state(), torch.get_rng_state()
+    try:
+        yield
+    finally:
+        random.setstate(py)
+        np.random.set_state(npy)
+        torch.set_rng_state(pt)
 
 
 def student_prompts(

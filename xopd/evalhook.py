@@ -19,7 +19,12 @@ from xopd.models import ModelAdapter
 
 
 class GapEvalHook:
-    """``hook(step, student) -> {"gap_acc_text": a, "gap_acc_speech:clean": b, "gap_speech:clean": d}``"""
+    """``hook(step, student) -> {"gap_acc_text": a, "gap_acc_speech:clean": b, "gap_speech:clean": d}``
+
+    The numbers are the report's overall row, a macro over tasks as in ``xopd-eval gap``: ``gap_acc_<mode>``
+    the mean over tasks of each task's accuracy, ``gap_<speech mode>`` the mean over tasks of each task's
+    paired gap (so d = a − b when every item could be asked), errored items left out of both.
+    """
 
     def __init__(self, cfg: RunConfig, out: Path) -> None:
         from evalsuite.speech import parse_variants
@@ -81,8 +86,8 @@ class GapEvalHook:
         write_jsonl(folder / "samples.jsonl", [s.as_dict() | {"step": step} for s in samples])
         write_json(folder / "report.json", report)
         gap_chart(report, folder / "gap.png")
-        macro = report["overall"]["macro"]
-        out: dict[str, Any] = {f"gap_acc_{m}": float(v) for m, v in macro.items()}
-        for m, g in report["overall"]["gap"].items():
+        overall = report["overall"]  # macro over tasks (evalsuite.reports.gap.OVERALL_LABEL)
+        out: dict[str, Any] = {f"gap_acc_{m}": float(v) for m, v in overall["macro"].items()}
+        for m, g in overall["gap"].items():
             out[f"gap_{m}"] = float(g["diff"]) if "diff" in g else g
         return out

@@ -147,7 +147,7 @@ def xopd_policy_loss(
     in the paper) -- not the gradient of the sequence-level KL, which would weight each token by the
     return-to-go.
 
-    stats (detached scalars, local token means): ``ratio_mean``, ``clip_frac`` (share of tokens where the
+    stats (detached scalars, local token means): ``ratio_mean``, ``ratio_min``, ``ratio_max``, ``clip_frac`` (share of tokens where the
     clipped branch is active), ``advantage_mean`` (= -reverse-KL estimate when ``advantages`` is the X-OPD
     advantage), ``tokens``.
     """
@@ -176,8 +176,11 @@ def xopd_policy_loss(
     loss = -masked_mean(obj, m, normalize=normalize, num_tokens=num_tokens, num_sequences=num_sequences)
     with torch.no_grad():
         n = m.sum().clamp_min(1)
+        r = ratio.detach()
         stats = {
-            "ratio_mean": (ratio * m).sum() / n,
+            "ratio_mean": (r * m).sum() / n,
+            "ratio_min": torch.where(m, r, torch.full_like(r, float("inf"))).min() if m.any() else zero + 1,
+            "ratio_max": torch.where(m, r, torch.full_like(r, float("-inf"))).max() if m.any() else zero + 1,
             "clip_frac": (clipped & m).sum() / n,
             "advantage_mean": adv.sum() / n,
             "tokens": m.sum(),
@@ -617,6 +620,93 @@ def token_logprobs(
 
     def chunk_fn(h: Tensor, i: Tensor, w: Tensor, b: Tensor | None) -> Tensor:
         return _token_logprob_rows(_head_logits(h, w, b, temperature), i)
+
+    return _scatter_rows(_chunked_rows(chunk_fn, [hidden[m], ids], [w, b], chunk_size), m)
+
+
+def sampler_logits(
+    logits: Tensor,
+    *,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    banned: Tensor | None = None,
+    banned_first: bool = False,
+) -> Tensor:
+    """The logits a sampler draws from, rows ``[N, V]``: temperature, then top-p (nucleus), with the ``banned``
+    ids (bool ``[V]``) set to -inf before the warpers (what vLLM's ``allowed_token_ids`` and a custom
+    transformers logits processor do) or after them.
+
+    Top-p keeps the smallest set of most likely tokens whose probability reaches ``top_p`` (transformers' and
+    vLLM's rule: drop a token while the ascending cumulative mass is <= 1 - top_p; the most likely always
+    stays). The set is chosen without gradient; the kept logits stay differentiable.
+    """
+    if not temperature > 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    if not 0 < top_p <= 1:
+        raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+    x = _upcast(logits)
+    if banned is not None and banned_first:
+        x = x.masked_fill(banned, float("-inf"))
+    if temperature != 1.0:
+        x = x / temperature
+    if top_p < 1.0:
+        with torch.no_grad():
+            sorted_x, order = torch.sort(x, dim=-1, descending=False)
+            drop_sorted = sorted_x.softmax(-1).cumsum(-1) <= 1 - top_p
+            drop_sorted[..., -1] = False
+            drop = drop_sorted.scatter(-1, order, drop_sorted)
+        x = x.masked_fill(drop, float("-inf"))
+    if banned is not None and not banned_first:
+        x = x.masked_fill(banned, float("-inf"))
+    return x
+
+
+def sampler_token_logprobs(
+    hidden: Tensor,
+    weight: Tensor,
+    token_ids: Tensor,
+    mask: Tensor,
+    *,
+    bias: Tensor | None = None,
+    vocab_size: int | None = None,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    banned_ids: Sequence[int] = (),
+    banned_first: bool = False,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+) -> Tensor:
+    """Log-prob of ``token_ids`` under the *sampler's* distribution (see :func:`sampler_logits`), chunked -> [B, T].
+
+    This is the distribution a rollout engine reports as its sampling log-prob, so the importance ratio
+    ``exp(this - sampler_logprob)`` is 1 for on-policy samples whatever the temperature, top-p or banned ids.
+    A token outside the current nucleus (off-policy) gets a floor of -1e4 (ratio 0), never -inf. 0 where
+    ``mask`` is 0.
+    """
+    if hidden.dim() != 3:
+        raise ValueError(f"hidden must be [B, T, H], got {tuple(hidden.shape)}")
+    m = _bool_mask(mask, hidden.shape[:2])
+    _check_same_shape(token_ids=token_ids, mask=mask)
+    v = weight.shape[0] if vocab_size is None else vocab_size
+    if not 0 < v <= weight.shape[0]:
+        raise ValueError(f"vocab_size={v} must be in [1, {weight.shape[0]}] (lm_head rows)")
+    ids = token_ids[m].long()
+    _check_ids(ids, v)
+    # Rows past the shared vocabulary (padded head rows) are banned too. A sampler that bans first never
+    # sees them; one that bans last (transformers) warps over them first, so they stay in for top-p.
+    rows = v if banned_first else weight.shape[0]
+    w = weight[:rows]
+    b = None if bias is None else bias[:rows]
+    banned = torch.zeros(rows, dtype=torch.bool, device=hidden.device)
+    banned[v:] = True
+    kept = [int(i) for i in banned_ids if 0 <= int(i) < v]
+    if kept:
+        banned[kept] = True
+    any_banned = bool(banned.any())
+
+    def chunk_fn(h: Tensor, i: Tensor, w: Tensor, b: Tensor | None) -> Tensor:
+        x = sampler_logits(_head_logits(h, w, b, 1.0), temperature=temperature, top_p=top_p,
+                           banned=banned if any_banned else None, banned_first=banned_first)
+        return _token_logprob_rows(x, i).clamp_min(-1e4)
 
     return _scatter_rows(_chunked_rows(chunk_fn, [hidden[m], ids], [w, b], chunk_size), m)
 

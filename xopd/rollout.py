@@ -109,6 +109,10 @@ class RolloutEngine(ABC):
     """Samples completions for prompts from a model; see the module docstring."""
 
     pushes_weights = False  # True: sync_weights reads the model's weights (the trainer gathers FSDP shards)
+    # The sampler's order of processing (losses.sampler_logits): banned ids masked before temperature and
+    # top-p, or after them. Both engines ban first: vLLM's allowed_token_ids, and transformers runs a custom
+    # logits processor before its temperature/top-p warpers (measured: 1e-6 against 4e-3 the other way).
+    bans_before_warping = True
 
     @abstractmethod
     def generate(

@@ -50,7 +50,7 @@ import yaml
 from torch import Tensor
 
 from xopd import losses, sharding
-from xopd.config import ConfigError, RunConfig, incompatible_changes, to_dict, to_yaml
+from xopd.config import ConfigError, RunConfig, ignored_recipe_keys, incompatible_changes, to_dict, to_yaml
 from xopd.data import (
     Draw,
     PairStream,
@@ -72,6 +72,7 @@ from xopd.models import (
     load_student,
     load_teacher,
     load_trainable_state,
+    resolve_model_name,
 )
 from xopd.paths import atomic_dir, atomic_write_text
 from xopd.rollout import RolloutEngine, Rollouts, SamplingParams, make_engine, sample_numbers
@@ -148,6 +149,10 @@ class Run:
     seed_per_prompt: bool = False
     sharded: sharding.Sharded = field(default_factory=sharding.Sharded)  # FSDP units (none: not sharded)
     teacher_sharded: sharding.Sharded = field(default_factory=sharding.Sharded)
+    banned_ids: list[int] = field(default_factory=list)  # never sampled (the student's audio placeholders)
+    # where the models run: models.device resolved for this process (under accelerate launch ``auto`` is
+    # this process's cuda:<local rank>, or cpu). Never written into cfg, which is saved as the user gave it
+    device: str = "auto"
 
     @property
     def modalities(self) -> list[str]:
@@ -174,12 +179,21 @@ def setup(cfg: RunConfig) -> Run:
             f"distributed.strategy=fsdp: schedule.batch_prompts={cfg.schedule.batch_prompts} must be a "
             f"multiple of the {dist.world_size} processes"
         )
-    if dist.active and cfg.models.device == "auto":
-        cfg.models.device = launched_device() or "auto"  # accelerate's cuda:<local rank> (or cpu)
+    # The device this process runs on, kept out of cfg: the saved config is the one the user wrote, so a
+    # checkpoint of `models.device: auto` resumes under any number of processes (every rank compares the
+    # same values, so none refuses alone while the others wait in a collective).
+    device = cfg.models.device
+    if dist.active and device == "auto":
+        device = launched_device() or "auto"  # accelerate's cuda:<local rank> (or cpu)
+    models_cfg = dataclasses.replace(cfg.models, device=device)
     resume_from = find_resume(cfg, out)
+    # Build zoo models and fixtures missing on this machine *before* seeding: a build draws from torch's RNG
+    # (from_config initialisation) or reseeds it (the fixtures), so on a cold cache the first run would
+    # otherwise sample differently from every later run with the same seed.
+    build_models(cfg)
     seed_everything(cfg.seed)  # before loading: LoRA's initialisation draws from torch's RNG
     with sharding.every_process_loads():
-        student, teacher = load_student(cfg.models), load_teacher(cfg.models)
+        student, teacher = load_student(models_cfg), load_teacher(models_cfg)
     if SPEECH in active_modalities(cfg) and not student.is_speech:
         raise ConfigError(
             f"student {cfg.models.student!r} is a text LLM; set loss.lam=1 to train on text only"
@@ -249,6 +263,8 @@ def setup(cfg: RunConfig) -> Run:
         else dist.active,
         sharded=sharded,
         teacher_sharded=teacher_sharded,
+        device=device,
+        banned_ids=list(banned),
     )
     if cfg.eval.gap_tasks:
         run.builtin_hooks.append(GapEvalHook(cfg, out))
@@ -268,7 +284,37 @@ def setup(cfg: RunConfig) -> Run:
         + (f" ({sharded_share(run)})" if sharded else ""),
         run,
     )
+    unread = ignored_recipe_keys(cfg)
+    if unread:
+        say(
+            f"xopd-train: note: the recipe's {', '.join(unread)} do nothing in this {cfg.loss.kind} run (an "
+            "override changed the loss the recipe chose)",
+            run,
+        )
     return run
+
+
+def build_models(cfg: RunConfig) -> None:
+    """Build the student's and teacher's zoo models or fixtures if this machine has not yet (first use),
+    leaving the global RNGs as they were. Anything else (hub ids, paths) is loaded later as usual."""
+    from xopd.zoo import resolve as resolve_zoo
+
+    with rng_untouched():
+        for name in dict.fromkeys((cfg.models.student, cfg.models.teacher)):
+            if name.startswith("fixture:"):
+                resolve_model_name(name)
+            else:
+                resolve_zoo(name)  # a zoo name builds (under a file lock); anything else comes back unchanged
+
+
+@contextlib.contextmanager
+def rng_untouched() -> Any:
+    """Run the block, then put python's, numpy's and torch's (CPU and CUDA) global RNGs back as they were."""
+    state = rng_state()
+    try:
+        yield
+    finally:
+        set_rng_state(state)
 
 
 def parallel_strategy(cfg: RunConfig, dist: Dist) -> str:
@@ -429,6 +475,15 @@ def restore_checkpoint(run: Run, path: Path) -> None:
     from safetensors.torch import load_file
 
     saved_cfg = yaml.safe_load((path / "config.yaml").read_text())
+    models = saved_cfg.get("models") if isinstance(saved_cfg, dict) else None
+    if (
+        isinstance(models, dict)
+        and run.cfg.models.device == "auto"
+        and re.fullmatch(r"cpu|cuda(:\d+)?", str(models.get("device")))
+    ):
+        # checkpoints written before the resolved device was kept out of the saved config hold the device
+        # `auto` resolved to in the process that wrote them (cpu, cuda:0): the same user setting
+        models["device"] = "auto"
     changed = incompatible_changes(saved_cfg, run.cfg)
     if changed:
         raise ResumeError(
@@ -551,6 +606,8 @@ class TokenStats:
     topk_lp: Tensor
     teacher_entropy: Tensor
     student_entropy: Tensor | None  # only on steps whose rollouts are logged (an extra pass over the head)
+    # the importance ratio on this micro-batch's tokens: sum, min, max, clipped count (X-OPD on own samples)
+    ratio: dict[str, float] | None = None
 
 
 @dataclass
@@ -654,6 +711,7 @@ def modality_loss(
         if lc.normalize == "sequence"
         else {"num_tokens": totals["tokens"]}
     )
+    ratio_stats: dict[str, float] | None = None  # X-OPD on the student's own samples only
     if lc.kind == "gkd":
         t_w, t_b = run.teacher.head
         div = losses.chunked_divergence(
@@ -681,10 +739,24 @@ def modality_loss(
                 adv = losses.power_opd_reward(t.logprobs, s_lp, mask_d, alpha=lc.power_alpha)
             else:
                 adv = losses.xopd_advantage(t.logprobs, s_lp, mask_d)
-            old = sub.sampler_logprobs.to(dev) if part.sampled_by_student else None
-            loss, _ = losses.xopd_policy_loss(
-                s_lp, old, adv, mask_d, clip_eps=lc.clip_eps, normalize=lc.normalize, **norm
+            old, ratio_lp = None, s_lp
+            if part.sampled_by_student:
+                # the ratio compares one distribution on both sides: the sampler's (temperature, top-p,
+                # banned ids), which is what sub.sampler_logprobs holds; the advantage above stays raw (T = 1)
+                old = sub.sampler_logprobs.to(dev)
+                r = cfg.rollout
+                ratio_lp = losses.sampler_token_logprobs(
+                    s_hidden, s_w, ids_d, mask_d, bias=s_b, vocab_size=run.vocab_size,
+                    temperature=r.temperature, top_p=r.top_p, banned_ids=run.banned_ids,
+                    banned_first=run.engine.bans_before_warping, chunk_size=cfg.models.chunk_size,
+                )  # fmt: skip
+            loss, pst = losses.xopd_policy_loss(
+                ratio_lp, old, adv, mask_d, clip_eps=lc.clip_eps, normalize=lc.normalize, **norm
             )
+            n_tok = float(pst["tokens"])
+            ratio_stats = {"sum": float(pst["ratio_mean"]) * n_tok, "min": float(pst["ratio_min"]),
+                           "max": float(pst["ratio_max"]), "clipped": float(pst["clip_frac"]) * n_tok,
+                           "tokens": n_tok} if n_tok else None  # fmt: skip
         else:  # sft / offline_kd: cross-entropy on the target ids (losses.sft_loss on the same log-probs)
             loss = -losses.masked_mean(s_lp, mask_d, normalize=lc.normalize, **norm)
             adv = losses.xopd_advantage(t.logprobs, s_lp, mask_d)
@@ -711,6 +783,7 @@ def modality_loss(
         t.topk_logprobs.cpu(),
         t.entropy.cpu(),
         s_ent,
+        ratio_stats,
     )
     return loss, st
 
@@ -748,6 +821,24 @@ def modality_sums(stats: list[TokenStats]) -> tuple[float, int]:
     return num, sum(int(s.mask.sum()) for s in stats)
 
 
+def ratio_metrics(run: Run, result: StepResult) -> dict[str, float]:
+    """The importance ratio pi_theta / pi_sampler per modality (mean, min, max over tokens) and the share of
+    tokens whose clipped branch was active: ~1 and ~0 on-policy; the first thing to read when a run misbehaves."""
+    out: dict[str, float] = {}
+    for m in run.modalities:
+        parts = [s.ratio for s in result.stats[m] if s.ratio is not None]
+        local = [sum(p["sum"] for p in parts), sum(p["clipped"] for p in parts), sum(p["tokens"] for p in parts)]
+        total, clipped, tokens = run.dist.sum(local)
+        ends = [(p["min"], p["max"]) for p in parts]
+        ends = [e for rank in run.dist.gather(ends) for e in rank]
+        if tokens:
+            out[f"ratio_mean_{m}"] = total / tokens
+            out[f"ratio_min_{m}"] = min(e[0] for e in ends)
+            out[f"ratio_max_{m}"] = max(e[1] for e in ends)
+            out[f"clip_frac_{m}"] = clipped / tokens
+    return out
+
+
 def report(run: Run, step: int, batch: Batch, result: StepResult, seconds: float, bar: Any) -> None:
     cfg = run.cfg
     # per-modality sums (over this process's rows), then summed over processes
@@ -779,6 +870,7 @@ def report(run: Run, step: int, batch: Batch, result: StepResult, seconds: float
         metrics[f"loss_{m}"] = result.modality_loss[m]
         metrics[f"len_{m}"] = len_sum / max(rows, 1)
         metrics[f"eos_rate_{m}"] = finished / max(rows, 1)
+    metrics.update(ratio_metrics(run, result))
     if result.skipped:
         run.skipped.append(step)
     run.last_metrics = metrics
@@ -938,7 +1030,10 @@ def evaluate(run: Run, step: int, hooks: Sequence[EvalHook] = ()) -> dict[str, A
         # a sharded teacher's forwards are collectives: then every process computes the held-out KL (the
         # same samples, the same numbers) and the main one keeps it
         everyone = bool(run.teacher_sharded)
-        record = _evaluate(run, step, hooks, heldout=run.dist.is_main or everyone)
+        # nothing an evaluation does (a cold TTS cache rendering the gap tasks' audio, a custom hook) may
+        # move training's RNG: a run trains the same with or without its evaluations
+        with rng_untouched():
+            record = _evaluate(run, step, hooks, heldout=run.dist.is_main or everyone)
     return record if run.dist.is_main else {}
 
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import math
+import numbers
 import platform
 from pathlib import Path
 from typing import Any
@@ -23,10 +25,26 @@ def environment() -> dict[str, str]:
     return versions
 
 
+def finite_or_null(obj: Any) -> Any:
+    """``obj`` with every NaN or ±inf float (numpy's too) replaced by None, recursively through dicts, lists
+    and tuples (numpy scalars become Python numbers): JSON has no NaN, and strict parsers (JavaScript, jq,
+    ``json.loads(..., parse_constant=...)``) reject the ``NaN`` that ``json.dumps`` writes by default."""
+    if isinstance(obj, dict):
+        return {k: finite_or_null(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [finite_or_null(v) for v in obj]
+    if isinstance(obj, bool) or not isinstance(obj, numbers.Real):
+        return obj
+    if isinstance(obj, numbers.Integral):
+        return int(obj)
+    return float(obj) if math.isfinite(obj) else None
+
+
 def write_json(path: Path, obj: Any) -> None:
+    """``obj`` as strict JSON: a number that is not finite (an accuracy over no items) is written as null."""
     from xopd.paths import atomic_write_text
 
-    atomic_write_text(Path(path), json.dumps(obj, indent=2, sort_keys=False))
+    atomic_write_text(Path(path), json.dumps(finite_or_null(obj), indent=2, sort_keys=False, allow_nan=False))
 
 
 def write_jsonl(path: Path, rows: list[dict]) -> None:

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from evalsuite.reports.gap import by_task_mode, mode_summary, paired_stats, paired_vectors
+from evalsuite.reports.gap import by_task_mode, mode_summary, paired_stats, paired_vectors, usable
 from evalsuite.run import Sample
 
 TRANSCRIBE_INSTRUCTION = "Transcribe the audio exactly, word for word. Output only the transcript."
@@ -60,7 +60,8 @@ def forgetting_report(base: Sequence[Sample], model: Sequence[Sample], *, asr: d
         entry = {}
         for mode, b_rows in gb[task].items():
             m_rows = gm.get(task, {}).get(mode, {})
-            ids = sorted(set(b_rows) & set(m_rows))
+            # pairs of items both models could be asked: an errored item is in no statistic
+            ids = sorted(set(usable(b_rows)) & set(usable(m_rows)))
             if not ids:
                 continue
             a = np.array([m_rows[i].correct for i in ids], bool)
@@ -78,8 +79,11 @@ def format_forgetting_markdown(report: dict) -> str:
     lines = ["| task | mode | n | base | model | Δ model − base [95% CI] | McNemar p |", "|---|---|---|---|---|---|---|"]
     for task, modes in report["tasks"].items():
         for mode, e in modes.items():
+            def pct(x: float | None) -> str:
+                return "—" if x is None else f"{100 * x:.1f}"
+
             lines.append(
-                f"| {task} | {mode} | {e['n']} | {100 * e['base']['accuracy']:.1f} | {100 * e['model']['accuracy']:.1f} | "
+                f"| {task} | {mode} | {e['n']} | {pct(e['base']['accuracy'])} | {pct(e['model']['accuracy'])} | "
                 f"{100 * e['diff']:+.1f} [{100 * e['ci'][0]:+.1f}, {100 * e['ci'][1]:+.1f}] | {e['mcnemar_p']:.3g} |"
             )
     if "asr" in report:

@@ -8,7 +8,14 @@ from collections.abc import Sequence
 import numpy as np
 
 from evalsuite.run import SPEECH, TEXT, Sample
-from evalsuite.stats import avg_drop_percent, flip_counts, mcnemar_exact, paired_bootstrap_ci
+from evalsuite.stats import (
+    avg_drop_bootstrap_ci,
+    benchmark_groups,
+    flip_counts,
+    mcnemar_exact,
+    paired_bootstrap_ci,
+    stratified_macro_bootstrap_ci,
+)
 
 
 def mode_key(s: Sample) -> str:
@@ -22,16 +29,30 @@ def by_task_mode(samples: Sequence[Sample]) -> dict[str, dict[str, dict[str, Sam
     return out
 
 
+ERROR_RATE_THRESHOLD = 0.05  # a mode with more of its items errored than this is flagged in the report
+OVERALL_LABEL = "overall (macro over tasks)"
+
+
+def usable(rows: dict[str, Sample]) -> dict[str, Sample]:
+    """The items that could be asked: an errored item (unreadable audio, a model that cannot take the input)
+    has no answer, so it is no evidence about the model and is left out of every statistic -- counted in
+    ``errors`` and flagged instead."""
+    return {i: s for i, s in rows.items() if not s.error}
+
+
 def mode_summary(rows: dict[str, Sample]) -> dict:
     n = len(rows)
-    errors = sum(1 for s in rows.values() if s.error)
-    failed = sum(1 for s in rows.values() if not s.error and s.extracted is None)
-    correct = sum(1 for s in rows.values() if s.correct)
+    ok = usable(rows)
+    n_usable = len(ok)
+    failed = sum(1 for s in ok.values() if s.extracted is None)
+    correct = sum(1 for s in ok.values() if s.correct)
     return {
         "n": n,
-        "accuracy": correct / n if n else float("nan"),
-        "extraction_fail_rate": failed / (n - errors) if n - errors else float("nan"),
-        "errors": errors,
+        "n_usable": n_usable,
+        "errors": n - n_usable,
+        "error_rate": (n - n_usable) / n if n else float("nan"),
+        "accuracy": correct / n_usable if n_usable else float("nan"),
+        "extraction_fail_rate": failed / n_usable if n_usable else float("nan"),
     }
 
 
@@ -51,10 +72,24 @@ def wilson_ci(correct: int, n: int, *, confidence: float = 0.95) -> list[float]:
 
 
 def with_accuracy_ci(summary: dict, rows: dict[str, Sample], confidence: float) -> dict:
-    """``summary`` plus ``accuracy_ci``: the Wilson interval of this mode's accuracy (errored items count as
-    wrong, as in ``accuracy``)."""
-    correct = sum(1 for s in rows.values() if s.correct)
-    return summary | {"accuracy_ci": wilson_ci(correct, len(rows), confidence=confidence)}
+    """``summary`` plus ``accuracy_ci``: the Wilson interval of this mode's accuracy over its usable items."""
+    ok = usable(rows)
+    correct = sum(1 for s in ok.values() if s.correct)
+    return summary | {"accuracy_ci": wilson_ci(correct, len(ok), confidence=confidence)}
+
+
+def error_flag(task: str, mode: str, summary: dict, rows: dict[str, Sample], threshold: float) -> dict | None:
+    """A flag when more than ``threshold`` of a mode's items errored, naming the first error; else None."""
+    if not summary["n"] or not summary["errors"] / summary["n"] > threshold:
+        return None
+    first = next(s.error for _, s in sorted(rows.items()) if s.error)
+    rate = summary["errors"] / summary["n"]
+    return {
+        "task": task, "mode": mode, "errors": summary["errors"], "n": summary["n"], "error_rate": rate,
+        "first_error": first,
+        "message": f"{task} / {mode}: {summary['errors']} of {summary['n']} items could not be asked "
+                   f"({100 * rate:.0f}% > {100 * threshold:g}%), left out of every statistic; first error: {first}",
+    }
 
 
 def task_chance(modes: dict[str, dict[str, Sample]]) -> float | None:
@@ -76,65 +111,151 @@ def paired_stats(a: np.ndarray, b: np.ndarray, *, confidence: float, n_boot: int
 
 
 def paired_vectors(grouped: dict[str, dict[str, dict[str, Sample]]]) -> dict:
-    """Per task and mode: item ids and 0/1 correctness, so the gate can re-pair two reports item by item."""
-    return {
-        task: {mode: {"ids": sorted(rows), "correct": [int(rows[i].correct) for i in sorted(rows)]} for mode, rows in modes.items()}
-        for task, modes in grouped.items()
-    }
+    """Per task and mode: the usable items' ids and 0/1 correctness, so the gate can re-pair two reports item by
+    item, and the ids of the errored items (which are in no statistic)."""
+    out: dict = {}
+    for task, modes in grouped.items():
+        out[task] = {}
+        for mode, rows in modes.items():
+            ok = usable(rows)
+            out[task][mode] = {"ids": sorted(ok), "correct": [int(ok[i].correct) for i in sorted(ok)],
+                               "errored": sorted(set(rows) - set(ok))}
+    return out
+
+
+def benchmark_of(*sample_lists: Sequence[Sample] | None) -> dict[str, str]:
+    """task -> its ``benchmark:`` group, for the tasks whose samples name one."""
+    out: dict[str, str] = {}
+    for samples in sample_lists:
+        for s in samples or ():
+            b = getattr(s, "benchmark", None)
+            if b:
+                out.setdefault(s.task, b)
+    return out
+
+
+def _paired_arrays(x: dict[str, Sample], y: dict[str, Sample]) -> tuple[np.ndarray, np.ndarray]:
+    """Correctness of the items usable in both ``x`` and ``y``, in id order."""
+    x, y = usable(x), usable(y)
+    ids = sorted(set(x) & set(y))
+    return np.array([x[i].correct for i in ids], bool), np.array([y[i].correct for i in ids], bool)
+
+
+def _mean_defined(values) -> float:
+    vals = [float(v) for v in values if v is not None and v == v]
+    return float(np.mean(vals)) if vals else float("nan")
 
 
 def gap_report(samples: Sequence[Sample], *, teacher_samples: Sequence[Sample] | None = None,
-               confidence: float = 0.95, n_boot: int = 10_000, seed: int = 0) -> dict:
+               confidence: float = 0.95, n_boot: int = 10_000, seed: int = 0,
+               error_rate_threshold: float = ERROR_RATE_THRESHOLD) -> dict:
+    """The gap report of a student's samples (and, with ``teacher_samples``, the paper's ΔT and ΔS).
+
+    Errored items are left out of every statistic: accuracies are over each mode's usable items
+    (``n_usable``), and a gap pairs the items usable in both modes. A mode whose error rate is above
+    ``error_rate_threshold`` is listed in ``flags``. The overall row is a macro over tasks throughout: mean
+    accuracies, the mean of the per-task gaps with a bootstrap stratified by task (McNemar p and flips pooled).
+    """
     grouped = by_task_mode(samples)
     tasks: dict[str, dict] = {}
-    pooled: dict[str, tuple[list[int], list[int]]] = defaultdict(lambda: ([], []))
+    flags: list[dict] = []
+    strata: dict[str, list[tuple[str, np.ndarray, np.ndarray]]] = defaultdict(list)
     for task, modes in grouped.items():
         summaries = {m: with_accuracy_ci(mode_summary(rows), rows, confidence) for m, rows in modes.items()}
+        for m, rows in modes.items():
+            flag = error_flag(task, m, summaries[m], rows, error_rate_threshold)
+            if flag:
+                flags.append(flag)
         entry: dict = {"modes": summaries, "gap": {}, "chance": task_chance(modes)}
         text = modes.get(TEXT, {})
         for m, rows in modes.items():
             if m == TEXT:
                 continue
-            ids = sorted(set(text) & set(rows))
-            a = np.array([text[i].correct for i in ids], bool)
-            b = np.array([rows[i].correct for i in ids], bool)
-            if len(ids):
-                entry["gap"][m] = paired_stats(a, b, confidence=confidence, n_boot=n_boot, seed=seed)
-                pooled[m][0].extend(a.tolist())
-                pooled[m][1].extend(b.tolist())
+            a, b = _paired_arrays(text, rows)
+            if len(a):
+                entry["gap"][m] = paired_stats(a, b, confidence=confidence, n_boot=n_boot, seed=seed) | {
+                    "text_accuracy": float(a.mean()), "speech_accuracy": float(b.mean())}
+                strata[m].append((task, a, b))
         tasks[task] = entry
 
-    overall: dict = {"gap": {}, "macro": {}}
-    for m, (a, b) in pooled.items():
-        overall["gap"][m] = paired_stats(np.array(a, bool), np.array(b, bool), confidence=confidence, n_boot=n_boot, seed=seed)
-    for m in {m for e in tasks.values() for m in e["modes"]}:
-        accs = [e["modes"][m]["accuracy"] for e in tasks.values() if m in e["modes"]]
-        overall["macro"][m] = float(np.mean(accs)) if accs else float("nan")
+    overall: dict = {"definition": OVERALL_LABEL, "gap": {}, "macro": {}, "pooled": {}}
+    for m, rows in strata.items():
+        diff, lo, hi = stratified_macro_bootstrap_ci([(a, b) for _, a, b in rows], confidence=confidence,
+                                                     n_boot=n_boot, seed=seed)
+        a_all = np.concatenate([a for _, a, _ in rows])
+        b_all = np.concatenate([b for _, _, b in rows])
+        pooled = paired_stats(a_all, b_all, confidence=confidence, n_boot=n_boot, seed=seed)
+        overall["pooled"][m] = pooled
+        overall["gap"][m] = {
+            "diff": diff, "ci": [lo, hi], "mcnemar_p": pooled["mcnemar_p"], "flips": pooled["flips"],
+            "n": pooled["n"], "tasks": [t for t, _, _ in rows],
+            "text_accuracy": float(np.mean([a.mean() for _, a, _ in rows])),
+            "speech_accuracy": float(np.mean([b.mean() for _, _, b in rows])),
+        }
+    for m in sorted({m for e in tasks.values() for m in e["modes"]}, key=lambda m: (m != TEXT, m)):
+        overall["macro"][m] = _mean_defined(e["modes"][m]["accuracy"] for e in tasks.values() if m in e["modes"])
 
-    report: dict = {"kind": "gap", "tasks": tasks, "overall": overall, "paired": paired_vectors(grouped)}
+    report: dict = {"kind": "gap", "tasks": tasks, "overall": overall, "paired": paired_vectors(grouped),
+                    "error_rate_threshold": error_rate_threshold, "flags": flags}
     if teacher_samples:
         t_grouped = by_task_mode(teacher_samples)
-        teacher_text = {t: mode_summary(m[TEXT])["accuracy"] for t, m in t_grouped.items() if TEXT in m}
+        t_summaries = {t: mode_summary(m[TEXT]) for t, m in t_grouped.items() if TEXT in m}
+        for t, summary in t_summaries.items():
+            flag = error_flag(t, "teacher text", summary, t_grouped[t][TEXT], error_rate_threshold)
+            if flag:
+                flags.append(flag)
+        teacher_text = {t: summary["accuracy"] for t, summary in t_summaries.items()}
         teacher_ci = {t: with_accuracy_ci({}, m[TEXT], confidence)["accuracy_ci"]
                       for t, m in t_grouped.items() if TEXT in m}
         report["teacher"] = {"text_accuracy": teacher_text, "text_accuracy_ci": teacher_ci,
                              "paired": paired_vectors(t_grouped)}
-        drops = {}
-        # a relative drop from a teacher score of 0 is undefined: such tasks are left out and listed
-        undefined = sorted(t for t, acc in teacher_text.items() if not acc > 0)
+        group_of = benchmark_of(samples, teacher_samples)
+        drops, cis, excluded = {}, {}, set()
         for m in overall["macro"]:
-            scores = {t: e["modes"][m]["accuracy"] for t, e in tasks.items()
-                      if m in e["modes"] and teacher_text.get(t, 0.0) > 0}
-            base = {t: teacher_text[t] for t in scores}
-            drops[m] = avg_drop_percent(base, scores) if scores else float("nan")
-        report["avg_drop_excluded"] = undefined
+            # the teacher's text and the student's mode m on the same items, usable in both
+            pairs = {}
+            for t, modes in grouped.items():
+                if m in modes and TEXT in t_grouped.get(t, {}):
+                    base, score = _paired_arrays(t_grouped[t][TEXT], modes[m])
+                    if len(base):
+                        pairs[t] = (base, score)
+            # a relative drop from a teacher score of 0 is undefined: such benchmarks are left out and listed
+            undefined = {t for ts in benchmark_groups(pairs, group_of).values()
+                         if not np.mean([pairs[t][0].mean() for t in ts]) > 0 for t in ts}
+            excluded |= undefined
+            keep = {t: v for t, v in pairs.items() if t not in undefined}
+            if keep:
+                point, lo, hi = avg_drop_bootstrap_ci(keep, group_of, confidence=confidence, n_boot=n_boot, seed=seed)
+            else:
+                point, lo, hi = float("nan"), float("nan"), float("nan")
+            drops[m], cis[m] = point, [lo, hi]
+        report["avg_drop_excluded"] = sorted(excluded)
         # The paper's ΔT (student text vs teacher text) and ΔS (student speech vs teacher text), in %.
         report["avg_drop_percent"] = drops
+        report["avg_drop"] = {
+            "definition": "mean over benchmarks of (teacher text − score) / teacher text × 100; a benchmark's "
+                          "score is the mean of its tasks' accuracies on the items usable in both runs; CI: "
+                          "paired bootstrap over items within each task",
+            "percent": drops,
+            "ci": cis,
+            "groups": benchmark_groups(list(tasks), group_of),
+            "excluded": sorted(excluded),
+        }
     return report
 
 
-def _pct(x: float) -> str:
+def _num(x) -> float:
+    return float("nan") if x is None else float(x)
+
+
+def _pct(x: float | None) -> str:
+    x = _num(x)
     return "—" if x != x else f"{100 * x:.1f}"
+
+
+def _signed(x: float | None) -> str:
+    x = _num(x)
+    return "—" if x != x else f"{100 * x:+.1f}"
 
 
 def format_gap_markdown(report: dict) -> str:
@@ -143,23 +264,25 @@ def format_gap_markdown(report: dict) -> str:
     head = ["task", "n"] + (["teacher text"] if teacher else []) + ["text"]
     for m in speech_modes:
         head += [m, f"gap ({m}) [95% CI]", "McNemar p", "flips T✓S✗/T✗S✓"]
-    head += ["extract fail T/S"]
+    head += ["extract fail T/S", "errors T/S"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
 
     def row(name: str, modes: dict, gaps: dict, n: int, t_acc: float | None) -> str:
-        cells = [name, str(n)] + ([_pct(t_acc) if t_acc is not None else "—"] if teacher else [])
-        cells.append(_pct(modes.get(TEXT, {}).get("accuracy", float("nan"))))
-        fails = [_pct(modes.get(TEXT, {}).get("extraction_fail_rate", float("nan")))]
+        cells = [name, str(n)] + ([_pct(t_acc)] if teacher else [])
+        cells.append(_pct(modes.get(TEXT, {}).get("accuracy")))
+        fails = [_pct(modes.get(TEXT, {}).get("extraction_fail_rate"))]
+        errors = [str(modes.get(TEXT, {}).get("errors", "—"))]
         for m in speech_modes:
             g = gaps.get(m)
-            cells.append(_pct(modes.get(m, {}).get("accuracy", float("nan"))))
+            cells.append(_pct(modes.get(m, {}).get("accuracy")))
             if g:
-                cells += [f"{100 * g['diff']:+.1f} [{100 * g['ci'][0]:+.1f}, {100 * g['ci'][1]:+.1f}]",
-                          f"{g['mcnemar_p']:.3g}", f"{g['flips'][0]}/{g['flips'][1]}"]
+                cells += [f"{_signed(g['diff'])} [{_signed(g['ci'][0])}, {_signed(g['ci'][1])}]",
+                          f"{_num(g['mcnemar_p']):.3g}", f"{g['flips'][0]}/{g['flips'][1]}"]
             else:
                 cells += ["—", "—", "—"]
-            fails.append(_pct(modes.get(m, {}).get("extraction_fail_rate", float("nan"))))
-        cells.append("/".join(fails))
+            fails.append(_pct(modes.get(m, {}).get("extraction_fail_rate")))
+            errors.append(str(modes.get(m, {}).get("errors", "—")))
+        cells += ["/".join(fails), "/".join(errors)]
         return "| " + " | ".join(cells) + " |"
 
     for task, e in report["tasks"].items():
@@ -167,12 +290,43 @@ def format_gap_markdown(report: dict) -> str:
         lines.append(row(task, e["modes"], e["gap"], n, teacher.get(task)))
     ov = report["overall"]
     overall_modes = {m: {"accuracy": a} for m, a in ov["macro"].items()}
+    for m in overall_modes:
+        overall_modes[m]["errors"] = sum(e["modes"].get(m, {}).get("errors", 0) for e in report["tasks"].values())
     n_all = sum(e["modes"].get(TEXT, {}).get("n", 0) for e in report["tasks"].values())
-    t_macro = float(np.mean(list(teacher.values()))) if teacher else None
-    lines.append(row("**overall**", overall_modes, ov["gap"], n_all, t_macro))
+    t_macro = _mean_defined(teacher.values()) if teacher else None
+    lines.append(row(f"**{ov.get('definition', 'overall')}**", overall_modes, ov["gap"], n_all, t_macro))
     lines.append("")
-    lines.append("Accuracies in %; gap = text − speech on the same items (paired bootstrap CI, exact McNemar test).")
+    lines.append("Accuracies in %, over the items that could be asked (errored items are left out of every "
+                 "number; n counts all); gap = text − speech on the items usable in both modes (paired bootstrap "
+                 "CI, exact McNemar test).")
+    if ov.get("definition"):
+        lines.append(f"Overall row: means over the {len(report['tasks'])} tasks of the per-task accuracies and "
+                     "gaps (the gap's CI resamples items within each task); McNemar p and flips pooled over items.")
     if "avg_drop_percent" in report:
-        drops = ", ".join(f"{m}: {v:.1f}%" for m, v in report["avg_drop_percent"].items())
-        lines.append(f"Avg. Drop % vs the teacher's text score (ΔT for text, ΔS for speech): {drops}")
+        ad = report.get("avg_drop") or {}
+        ci = ad.get("ci") or {}
+
+        def drop(m: str, v) -> str:
+            v = _num(v)
+            if v != v:
+                return f"{m}: —"
+            lo, hi = (_num(x) for x in ci.get(m, [None, None]))
+            return f"{m}: {v:.1f}%" + (f" [{lo:.1f}, {hi:.1f}]" if lo == lo and hi == hi else "")
+
+        drops = ", ".join(drop(m, v) for m, v in report["avg_drop_percent"].items())
+        lines.append(f"Avg. Drop % vs the teacher's text score (ΔT for text, ΔS for speech; 95% paired bootstrap "
+                     f"CI): {drops}")
+        groups = ad.get("groups")
+        if groups:
+            named = "; ".join(g if ts == [g] else f"{g} = {' + '.join(ts)}" for g, ts in groups.items())
+            lines.append(f"Averaged over {len(groups)} benchmarks (a benchmark's score is the mean of its tasks'): "
+                         f"{named}")
+        if report.get("avg_drop_excluded"):
+            lines.append(f"Left out of Avg. Drop % (teacher text score 0): {', '.join(report['avg_drop_excluded'])}")
+    flags = report.get("flags") or []
+    if flags:
+        thr = _num(report.get("error_rate_threshold"))
+        lines.append("")
+        lines.append(f"**Flags** (error rate above {100 * thr:g}%):")
+        lines += [f"- ⚠ {f['message']}" for f in flags]
     return "\n".join(lines)

@@ -26,6 +26,8 @@ columns, filter, metadata, revision}``. ``prompt`` and ``spoken_prompt`` take ``
 ``label_map`` maps source labels to choices; ``answer_pattern`` is a regex whose group 1 is the gold answer
 inside the source's answer (GSM8K's "#### N"); ``strip`` lists regexes removed from questions;
 ``instruction`` is appended to the text prompt (and sent as text beside the audio in speech mode).
+``benchmark`` (optional) names the benchmark a task file is one part of (``big_bench_audio`` is four files):
+reports average the paper's Avg. Drop % over benchmarks, a task without one being its own.
 """
 
 from __future__ import annotations
@@ -46,7 +48,7 @@ COLUMN_KEYS = ("id", "question", "answer", "choices", "audio", "spoken")
 
 _TOP_KEYS = {
     "name", "description", "source", "prompt", "spoken_prompt", "answer_type", "choices", "label_map",
-    "metric", "instruction", "splits", "answer_pattern", "strip",
+    "metric", "instruction", "splits", "answer_pattern", "strip", "benchmark",
 }  # fmt: skip
 
 
@@ -164,6 +166,7 @@ class TaskSpec:
     answer_pattern: str | None = None  # regex whose group 1 is the gold answer inside the source's answer
     strip: tuple[str, ...] = ()  # regexes removed from source questions (e.g. a generator's own instruction)
     file: Path | None = None
+    benchmark: str | None = None  # the benchmark this task file is part of (reports average over benchmarks)
 
     @property
     def needs_hub(self) -> bool:
@@ -457,6 +460,7 @@ def parse_spec(data: Any, file: Path | str) -> TaskSpec:
         answer_pattern=pattern,
         strip=strip,
         file=file,
+        benchmark=_str(data, "benchmark", file) or None,
     )
 
 
