@@ -18,7 +18,7 @@ from pathlib import Path
 
 from xopd.cli_errors import EVAL_ERRORS, run_cli
 
-DEFAULT_MODEL = "cascade:"
+DEFAULT_MODEL = "cascade:whisper-tiny.en+smollm2-135m-instruct"  # named in full: the report and chart say what ran
 DEFAULT_TASKS = "sums,counting,syllogism,family"  # evalsuite.tasks.DEFAULT_MIX (kept import-free)
 DEFAULT_LIMIT = 20
 DEFAULT_VARIANTS = "hibari"  # the bundled neural voice: Whisper hears its numbers back (see speech-check)
@@ -79,7 +79,8 @@ def _run_model(model: str, args, tasks, modes, variants, cache_path: Path, desc:
     bar = _progress_bar(desc, n_requests)
     try:
         samples = evaluate(backend, tasks, modes=modes, variants=variants, params=params,
-                           cache=GenerationCache(cache_path), progress=bar.update, chunk_size=args.chunk_size)
+                           cache=GenerationCache(cache_path), progress=bar.update, chunk_size=args.chunk_size,
+                           system_prompt=getattr(args, "system_prompt", None))
     finally:
         bar.close()
         backend.close()  # frees the engine before the next model's starts (the fingerprint stays readable)
@@ -101,6 +102,7 @@ def _config(args, model: str, params, backend) -> dict:
         "seed": args.seed,
         "confidence": args.confidence,
         "n_boot": args.n_boot,
+        "system_prompt": args.system_prompt,
     }
 
 
@@ -315,6 +317,8 @@ def _add_run_args(p: argparse.ArgumentParser, *, output: str) -> None:
     p.add_argument("--chunk-size", type=int, default=32, help="requests generated between cache appends")
     p.add_argument("--cache", default=None, help="generation cache JSONL (default: OUTPUT/cache.jsonl)")
     p.add_argument("--trust-remote-code", action="store_true", help="allow model repos to run their own code")
+    p.add_argument("--system-prompt", default=None,
+                   help="system message before every question (as the trainer's data.system_prompt)")
 
 
 def build_parser() -> argparse.ArgumentParser:

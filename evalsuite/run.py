@@ -56,9 +56,16 @@ def chance_level(answer_type: str, choices: Sequence[str]) -> float:
     return 0.0
 
 
-def prepare(task, items: Sequence[Item], modes: Sequence[str], variants: Sequence) -> list[PreparedRequest]:
-    """Build every request; input problems become failed samples with a reason, never exceptions."""
+def prepare(task, items: Sequence[Item], modes: Sequence[str], variants: Sequence,
+            system_prompt: str | None = None) -> list[PreparedRequest]:
+    """Build every request; input problems become failed samples with a reason, never exceptions.
+
+    The messages are :func:`xopd.prompting.messages_for`'s, the trainer's prompt format: ``system_prompt`` (a
+    run's ``data.system_prompt``) as a system turn, then the typed message, or the audio with the instruction
+    beside it.
+    """
     from evalsuite.speech import AudioError, load_audio, render
+    from xopd.prompting import messages_for
 
     out: list[PreparedRequest] = []
     instruction = task.spec.instruction or ""
@@ -72,7 +79,7 @@ def prepare(task, items: Sequence[Item], modes: Sequence[str], variants: Sequenc
                 s.error = "empty prompt"
                 out.append(PreparedRequest(s, None, item))
             else:
-                msgs = [{"role": "user", "content": text}]
+                msgs = messages_for(text, modality=TEXT, instruction=instruction, system_prompt=system_prompt)
                 out.append(PreparedRequest(s, Request(f"{item.id}|text", msgs), item))
         if SPEECH not in modes:
             continue
@@ -91,10 +98,8 @@ def prepare(task, items: Sequence[Item], modes: Sequence[str], variants: Sequenc
                 s.error = f"audio: {exc}"
                 out.append(PreparedRequest(s, None, item))
                 continue
-            content: list[dict[str, Any]] = [{"type": "audio", "audio": audio}]
-            if instruction:
-                content.append({"type": "text", "text": instruction})
-            msgs = [{"role": "user", "content": content}]
+            msgs = messages_for(spoken, modality=SPEECH, audio=audio, instruction=instruction,
+                                system_prompt=system_prompt)
             out.append(PreparedRequest(s, Request(f"{item.id}|speech|{vname}", msgs), item))
     return out
 
@@ -118,15 +123,17 @@ def score(task, prepared: PreparedRequest, text: str | None, error: str | None) 
 
 def evaluate(backend, tasks: Sequence, *, modes: Sequence[str] = (TEXT, SPEECH), variants: Sequence = (),
              params: GenParams = GenParams(), cache=None, progress: Callable[[int], None] | None = None,
-             chunk_size: int = 32) -> list[Sample]:
+             chunk_size: int = 32, system_prompt: str | None = None) -> list[Sample]:
     """Answer every item of every task in every mode; return the samples in a stable order.
+
+    ``system_prompt``: a system turn before every request (the trainer's ``data.system_prompt``; None: none).
 
     Generation goes through the cache in chunks, so a killed run loses at most one chunk and a rerun resumes.
     ``progress`` receives increments of finished requests (input failures count at once).
     """
     from evalsuite.cache import generate_cached
 
-    prepared = [(t, p) for t in tasks for p in prepare(t, t.items, modes, variants)]
+    prepared = [(t, p) for t in tasks for p in prepare(t, t.items, modes, variants, system_prompt)]
     live = [i for i, (_, p) in enumerate(prepared) if p.request is not None]
     if progress and len(live) < len(prepared):
         progress(len(prepared) - len(live))

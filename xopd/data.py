@@ -208,13 +208,31 @@ def student_prompts(
     """The student's prompts for ``modality`` ("text" or "speech": pair ``i`` spoken in ``variants[i]``) and
     the WAV behind each speech prompt (None for text)."""
     if modality == "text":
-        return [adapter.text_prompt(p.text, system) for p in pairs], [None] * len(pairs)
+        return [adapter.prompt(pair_messages(p, "text", system)) for p in pairs], [None] * len(pairs)
     prompts, paths = [], []
     for p, variant in zip(pairs, variants, strict=True):
         audio, path = speech_audio(p, variant)
-        prompts.append(adapter.speech_prompt(audio, p.instruction, system))
+        prompts.append(adapter.prompt(pair_messages(p, "speech", system, audio)))
         paths.append(path)
     return prompts, paths
+
+
+def pair_messages(
+    pair: PromptPair, modality: str, system: str | None = None, audio: np.ndarray | None = None
+) -> list[dict[str, Any]]:
+    """The chat messages of ``pair`` in ``modality``: :func:`xopd.prompting.messages_for`, the one prompt
+    format of training and evaluation (``evalsuite.run.prepare`` builds xopd-eval's requests with it)."""
+    from xopd.prompting import messages_for
+
+    if modality == "text" and (not pair.text or not pair.text.strip()):
+        raise DataError(f"prompt {pair.id!r}: empty text")
+    return messages_for(
+        pair.text if modality == "text" else pair.spoken,
+        modality=modality,
+        audio=audio,
+        instruction=pair.instruction,
+        system_prompt=system,
+    )
 
 
 class PairStream:

@@ -3,9 +3,10 @@
 The reasoning gap is what X-OPD is meant to close, so training measures it the way ``xopd-eval gap`` does --
 same tasks, test splits, TTS, answer extraction, paired statistics and report format -- but on the weights in
 memory (no export, no reload): the evalsuite's transformers backend is pointed at the student module being
-trained. Greedy decoding, so a report depends on the weights alone. Reports go to
-``<output_dir>/evals/step-NNNNNN/`` (report.json, samples.jsonl, gap.png), where ``xopd-eval gate`` and the
-explorer's Gap page read them; the returned numbers land in ``eval.jsonl``.
+trained, and asks in the prompt format the student is trained on (:mod:`xopd.prompting`, with the run's
+``data.system_prompt`` and ``models.trust_remote_code``). Greedy decoding, so a report depends on the weights
+alone. Reports go to ``<output_dir>/evals/step-NNNNNN/`` (report.json, samples.jsonl, gap.png), where
+``xopd-eval gate`` and the explorer's Gap page read them; the returned numbers land in ``eval.jsonl``.
 """
 
 from __future__ import annotations
@@ -54,6 +55,7 @@ class GapEvalHook:
                 batch_size=self.cfg.eval.gap_batch_size,
                 dtype=student.dtype,
                 device=str(student.device),
+                trust_remote_code=self.cfg.models.trust_remote_code,
             )
         backend = self.backend
         backend.attach(student.model)  # the weights being trained, as they are now (and a fresh fingerprint)
@@ -61,7 +63,14 @@ class GapEvalHook:
         was_training = student.model.training
         student.model.eval()
         try:
-            samples = evaluate(backend, self.tasks, modes=modes, variants=self.variants, params=self.params)
+            samples = evaluate(
+                backend,
+                self.tasks,
+                modes=modes,
+                variants=self.variants,
+                params=self.params,
+                system_prompt=self.cfg.data.system_prompt,  # the prompt format the student is trained on
+            )
         finally:
             student.model.train(was_training)
         report = gap_report(samples, n_boot=2000, seed=self.cfg.seed)
@@ -77,6 +86,7 @@ class GapEvalHook:
                 "tasks": list(self.cfg.eval.gap_tasks or ()),
                 "limit": self.cfg.eval.gap_limit,
                 "variants": list(self.cfg.eval.gap_variants),
+                "system_prompt": self.cfg.data.system_prompt,
                 "seed": self.cfg.seed,
             },
             environment=environment(),

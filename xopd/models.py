@@ -2,9 +2,10 @@
 
 :class:`ModelAdapter` wraps a transformers model of a known *family* and offers what the trainer needs:
 
-* ``text_prompt(text)`` / ``speech_prompt(audio, instruction)``: the model's own chat template, rendered and
-  tokenized once, audio placeholders expanded by the family's processor (so the number of ``<|AUDIO|>`` ids is
-  the number of audio embeddings the model will scatter in: ms-swift #9414);
+* ``prompt(messages)``, ``text_prompt(text)`` / ``speech_prompt(audio, instruction)``: the model's own chat
+  template, rendered and tokenized once, audio placeholders expanded by the family's processor (so the number
+  of ``<|AUDIO|>`` ids is the number of audio embeddings the model will scatter in: ms-swift #9414) -- all by
+  :mod:`xopd.prompting`, the renderer the evalsuite backends use, so the trained prompt is the evaluated one;
 * ``collate(prompts, completion_ids, completion_mask)``: ``[left padding | prompt | completion | right pad]``,
   so every completion starts at the same column ``P`` and the hidden state at ``P - 1 + t`` predicts
   completion token ``t`` (logits at t-1 predict token t);
@@ -43,7 +44,7 @@ import transformers
 from torch import Tensor, nn
 from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
-from xopd import losses
+from xopd import losses, prompting
 from xopd.loading import ModelLoadError, checked_from_pretrained, resolve_config
 from xopd.sharding import copy_full_into
 
@@ -301,33 +302,48 @@ class ModelAdapter:
 
     # -- prompts ---------------------------------------------------------------------------------------------
 
-    def _messages(self, content: Any, system: str | None) -> list[dict[str, Any]]:
-        msgs = [{"role": "system", "content": system}] if system else []
-        return [*msgs, {"role": "user", "content": content}]
-
     def _template_owner(self) -> Any:
         # a speech model's processor holds the chat template that knows audio parts; a text LM's tokenizer
-        owner = (
-            self.processor
-            if self.processor is not None and getattr(self.processor, "chat_template", None)
-            else None
+        return prompting.template_owner(self.tokenizer, self.processor)
+
+    def prompt(self, messages: list[dict[str, Any]]) -> Prompt:
+        """Chat messages (:func:`xopd.prompting.messages_for`) as this model reads them: rendered by
+        :func:`xopd.prompting.render` -- the renderer the evalsuite backends use, so training and evaluation
+        see the same ids -- and, with an audio part, expanded with its features by
+        :func:`xopd.prompting.speech_inputs`."""
+        audios = [np.ascontiguousarray(a, dtype=np.float32) for a in prompting.audios_in(messages)]
+        n_audio = prompting.count_audio_parts(messages)
+        if n_audio and not self.is_speech:
+            raise ModelLoadError(f"model {self.name!r} is a text LLM: it cannot take a speech prompt")
+        if n_audio != len(audios) or n_audio > 1:
+            raise ValueError(
+                f"{self.name}: a prompt holds at most one audio part, with its samples; got {n_audio} part(s) "
+                f"and {len(audios)} array(s)"
+            )
+        for audio in audios:
+            if audio.ndim != 1 or audio.size == 0:
+                raise ValueError(f"{self.name}: audio must be non-empty 16 kHz mono, got shape {audio.shape}")
+        try:
+            r = prompting.render(
+                self.tokenizer, messages, processor=self.processor, placeholder=self.family.audio_placeholder
+            )
+        except prompting.PromptFormatError as exc:
+            raise ModelLoadError(f"{self.name}: {exc}") from None
+        if not audios:
+            return Prompt(ids=r.ids, text=r.text)
+        batch = self._speech_inputs(r.text, audios[0])
+        feats = {k: batch[k] for k in ("input_features", "feature_attention_mask") if k in batch}
+        if not feats:
+            raise ModelLoadError(f"{self.name}: the processor returned no audio features ({sorted(batch)})")
+        return Prompt(
+            ids=[int(i) for i in batch["input_ids"][0].tolist()], text=r.text, features=feats, audio=audios[0]
         )
-        return owner or self.tokenizer
 
     def text_prompt(self, text: str, system: str | None = None) -> Prompt:
         """The model's own chat template on a one-turn text conversation, generation prompt added."""
         if not text or not text.strip():
             raise ValueError(f"{self.name}: empty text prompt")
-        msgs = self._messages(text, system)
-        rendered = self._template_owner().apply_chat_template(
-            msgs, add_generation_prompt=True, tokenize=False
-        )
-        ids = self.tokenizer.apply_chat_template(
-            msgs, add_generation_prompt=True, tokenize=True, return_dict=False
-        )
-        if hasattr(ids, "tolist"):
-            ids = ids.tolist()
-        return Prompt(ids=[int(i) for i in ids], text=rendered)
+        return self.prompt(prompting.messages_for(text, modality=prompting.TEXT, system_prompt=system))
 
     def speech_prompt(
         self, audio: np.ndarray, instruction: str | None = None, system: str | None = None
@@ -336,37 +352,19 @@ class ModelAdapter:
         asks it), through the family's processor, which expands the audio placeholder."""
         if not self.is_speech:
             raise ModelLoadError(f"model {self.name!r} is a text LLM: it cannot take a speech prompt")
-        audio = np.ascontiguousarray(audio, dtype=np.float32)
-        if audio.ndim != 1 or audio.size == 0:
-            raise ValueError(f"{self.name}: audio must be non-empty 16 kHz mono, got shape {audio.shape}")
-        content: list[dict[str, Any]] = [{"type": "audio"}]
-        if instruction:
-            content.append({"type": "text", "text": instruction})
-        rendered = self._template_owner().apply_chat_template(
-            self._messages(content, system), add_generation_prompt=True, tokenize=False
+        msgs = prompting.messages_for(
+            None, modality=prompting.SPEECH, audio=audio, instruction=instruction, system_prompt=system
         )
-        found = rendered.count(self.family.audio_placeholder)
-        if found != 1:
-            raise ModelLoadError(
-                f"{self.name}: the chat template rendered {found} audio placeholders "
-                f"{self.family.audio_placeholder!r} for one audio part"
-            )
-        batch = self._speech_inputs(rendered, audio)
-        feats = {k: batch[k] for k in ("input_features", "feature_attention_mask") if k in batch}
-        if not feats:
-            raise ModelLoadError(f"{self.name}: the processor returned no audio features ({sorted(batch)})")
-        return Prompt(
-            ids=[int(i) for i in batch["input_ids"][0].tolist()], text=rendered, features=feats, audio=audio
-        )
+        return self.prompt(msgs)
 
     def _speech_inputs(self, text: str, audio: np.ndarray) -> Any:
-        proc = self.processor
-        if self.family.inputs == "omni" and (proc is None or not hasattr(proc, "feature_extractor")):
-            # Qwen2_5OmniProcessor needs torchvision (video); this reproduces its text + audio path.
-            from xopd.zoo.fixtures import omni_thinker_inputs
-
-            return omni_thinker_inputs(self.tokenizer, self.feature_extractor, text, audio)
-        return proc(text=[text], audio=[audio], sampling_rate=SAMPLE_RATE, return_tensors="pt")
+        return prompting.speech_inputs(
+            self.processor,
+            [text],
+            [audio],
+            tokenizer=self.tokenizer,
+            feature_extractor=self.feature_extractor,
+        )
 
     # -- batches ---------------------------------------------------------------------------------------------
 

@@ -18,13 +18,13 @@ from transformers import GenerationConfig
 from evalsuite.backends.base import Backend, Progress, Result, isolate_failures
 from evalsuite.backends.fingerprint import fingerprint
 from evalsuite.backends.prompts import (
-    SAMPLE_RATE,
     Prompt,
     RequestError,
     cut_at_eos,
     eos_ids,
     render_speech,
     render_text,
+    speech_model_inputs,
 )
 from evalsuite.backends.resolve import ModelSpec, load_tokenizer_and_processor, resolve_model
 from evalsuite.types import GenParams, Request
@@ -191,23 +191,19 @@ class HFBackend(Backend):
                 progress(len(chunk))
         return [r if r is not None else Result.failed("internal: no result") for r in results]
 
+    def model_inputs(self, prompts: list[Prompt]) -> dict[str, torch.Tensor]:
+        """What ``generate`` feeds the model for ``prompts`` (on the CPU): left-padded ids and mask; for a
+        speech LLM, audio placeholders expanded and features extracted by :func:`xopd.prompting.speech_inputs`,
+        the trainer's expansion, so a row's ids are the ids the student was trained on."""
+        if self.kind == "speech":
+            return dict(speech_model_inputs(self.processor, prompts))
+        input_ids, attention_mask = left_pad([p.ids for p in prompts], self.pad_id)
+        return {"input_ids": input_ids, "attention_mask": attention_mask}
+
     @torch.inference_mode()
     def _run_batch(self, prompts: list[Prompt], params: GenParams) -> list[Result]:
         model = self._load()
-        if self.kind == "speech":
-            audios = [a for p in prompts for a in p.audios]
-            self.processor.tokenizer.padding_side = "left"
-            inputs = self.processor(
-                text=[p.text for p in prompts],
-                audio=audios or None,
-                sampling_rate=SAMPLE_RATE,
-                padding=True,
-                add_special_tokens=False,
-                return_tensors="pt",
-            )
-        else:
-            input_ids, attention_mask = left_pad([p.ids for p in prompts], self.pad_id)
-            inputs = {"input_ids": input_ids, "attention_mask": attention_mask}
+        inputs = self.model_inputs(prompts)
         inputs = {
             k: (v.to(self.device, self.dtype) if torch.is_floating_point(v) else v.to(self.device))
             for k, v in inputs.items()

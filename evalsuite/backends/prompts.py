@@ -1,8 +1,10 @@
 """From chat messages to what a model reads: checks, audio extraction and chat-template rendering.
 
-Both backends build prompts here, so hf and vllm see the same token ids for the same request. The model's own
-chat template renders the prompt (for a speech model, its processor's, which turns an audio part into the
-family's placeholder such as ``<|audio_bos|><|AUDIO|><|audio_eos|>``); the rendered text is tokenized once.
+Both backends build prompts here, so hf and vllm see the same token ids for the same request; the rendering
+itself is :mod:`xopd.prompting`'s, the trainer's, so a model is evaluated on the prompt it was trained on. The
+model's own chat template renders the prompt (for a speech model, its processor's, which turns an audio part
+into the family's placeholder such as ``<|audio_bos|><|AUDIO|><|audio_eos|>``); the rendered text is tokenized
+once.
 Problems with one request raise :class:`RequestError`, which the backends turn into that request's error.
 """
 
@@ -14,7 +16,9 @@ from typing import Any
 
 import numpy as np
 
-SAMPLE_RATE = 16_000
+from xopd import prompting
+
+SAMPLE_RATE = prompting.SAMPLE_RATE
 ROLES = ("system", "user", "assistant")
 
 
@@ -92,32 +96,20 @@ def audios_of(messages: list[dict[str, Any]]) -> list[np.ndarray]:
 
 
 def without_audio_arrays(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Audio parts reduced to ``{"type": "audio"}``: the template only needs to know where the audio goes, and
-    some processors try to load whatever they find under ``"audio"``."""
-    out = []
-    for m in messages:
-        content = m["content"]
-        if not isinstance(content, str):
-            content = [{"type": "audio"} if p.get("type") == "audio" else p for p in content]
-        out.append({**m, "content": content})
-    return out
+    """Audio parts reduced to ``{"type": "audio"}`` (see :func:`xopd.prompting.without_audio_arrays`)."""
+    return prompting.without_audio_arrays(messages)
 
 
 def text_messages(messages: list[dict[str, Any]], model_id: str) -> list[dict[str, Any]]:
     """Messages for a text LLM: text parts joined into string content (the way Qwen-style templates join a
     part list); an audio part is a RequestError, since a text model cannot hear it."""
-    out = []
     for i, m in enumerate(messages):
-        content = m["content"]
-        if not isinstance(content, str):
-            if any(p.get("type") == "audio" for p in content):
-                raise RequestError(
-                    f"message {i} holds audio, but {model_id!r} is a text LLM: give it the text version, "
-                    "or use a speech LLM or a cascade ('cascade:<asr>+<llm>')"
-                )
-            content = "".join(p["text"] for p in content)
-        out.append({"role": m["role"], "content": content})
-    return out
+        if not isinstance(m["content"], str) and any(p.get("type") == "audio" for p in m["content"]):
+            raise RequestError(
+                f"message {i} holds audio, but {model_id!r} is a text LLM: give it the text version, "
+                "or use a speech LLM or a cascade ('cascade:<asr>+<llm>')"
+            )
+    return prompting.text_only(messages)
 
 
 @dataclass
@@ -137,28 +129,33 @@ class Prompt:
 
 
 def render_text(tokenizer: Any, messages: list[dict[str, Any]], model_id: str) -> Prompt:
-    """A text LLM's prompt: its own chat template, generation prompt added, tokenized once."""
+    """A text LLM's prompt: its own chat template, generation prompt added, tokenized once
+    (:func:`xopd.prompting.render`, as the trainer renders it)."""
     msgs = text_messages(check_messages(messages), model_id)
-    text = tokenizer.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False)
-    ids = tokenizer.apply_chat_template(msgs, add_generation_prompt=True, tokenize=True, return_dict=False)
-    return Prompt(ids=list(ids), text=text)
+    try:
+        r = prompting.render(tokenizer, msgs)
+    except prompting.PromptFormatError as exc:
+        raise RequestError(f"{model_id!r}: {exc}") from None
+    return Prompt(ids=r.ids, text=r.text)
 
 
 def render_speech(processor: Any, messages: list[dict[str, Any]], placeholder: str, model_id: str) -> Prompt:
-    """A speech LLM's prompt: the processor's chat template renders each audio part as ``placeholder``."""
+    """A speech LLM's prompt: the processor's chat template renders each audio part as ``placeholder``
+    (:func:`xopd.prompting.render`, as the trainer renders it); ids with placeholders not yet expanded."""
     msgs = check_messages(messages)
     audios = audios_of(msgs)
-    text = processor.apply_chat_template(
-        without_audio_arrays(msgs), add_generation_prompt=True, tokenize=False
-    )
-    found = text.count(placeholder)
-    if found != len(audios):
-        raise RequestError(
-            f"{model_id!r}: the chat template rendered {found} audio placeholder(s) {placeholder!r} for "
-            f"{len(audios)} audio part(s); the model would not hear the audio as sent"
-        )
-    ids = processor.tokenizer(text, add_special_tokens=False)["input_ids"]
-    return Prompt(ids=list(ids), text=text, audios=audios)
+    try:
+        r = prompting.render(processor.tokenizer, msgs, processor=processor, placeholder=placeholder)
+    except prompting.PromptFormatError as exc:
+        raise RequestError(f"{model_id!r}: {exc}") from None
+    return Prompt(ids=r.ids, text=r.text, audios=audios)
+
+
+def speech_model_inputs(processor: Any, prompts: list[Prompt]) -> Any:
+    """What a speech LLM reads for rendered ``prompts`` (left-padded, audio placeholders expanded, features):
+    :func:`xopd.prompting.speech_inputs`, the trainer's expansion."""
+    audios = [a for p in prompts for a in p.audios]
+    return prompting.speech_inputs(processor, [p.text for p in prompts], audios)
 
 
 def eos_ids(generation_config: Any, tokenizer: Any) -> list[int]:
