@@ -592,3 +592,16 @@ def test_policy_loss_reports_ratio_range():
     adv = torch.tensor([[0.5, -0.5, 1.0]])
     _, st = L.xopd_policy_loss(lp, old, adv, torch.tensor([[1, 1, 0]]), clip_eps=0.2)
     assert st["ratio_min"] == pytest.approx(1.0) and st["ratio_max"] == pytest.approx(math.exp(0.5))
+
+
+def test_sft_loss_default_is_the_sequence_mean_as_every_baseline_uses():
+    # two answers of lengths 2 and 1: nll ln 2, ln 4 | ln 4/3; the sequence mean weighs each answer alike
+    logits = torch.cat([_logits([0.5, 0.5], [0.75, 0.25]), _logits([0.25, 0.75], [0.5, 0.5])])
+    labels = torch.tensor([[0, 1], [1, 0]])
+    mask = torch.tensor([[1, 1], [1, 0]])
+    nll = [math.log(2), math.log(4), math.log(4 / 3)]
+    by_sequence = ((nll[0] + nll[1]) / 2 + nll[2]) / 2
+    by_token = sum(nll) / 3
+    assert L.sft_loss(logits, labels, mask).item() == pytest.approx(by_sequence, abs=1e-12)
+    assert L.sft_loss(logits, labels, mask, normalize="token").item() == pytest.approx(by_token, abs=1e-12)
+    assert by_sequence == pytest.approx(0.6637, abs=1e-4) and by_token == pytest.approx(0.7890, abs=1e-4)

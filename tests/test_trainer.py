@@ -677,3 +677,169 @@ def test_importance_ratio_is_one_on_policy_at_any_temperature_and_top_p(tmp_path
     for modality in ("text", "speech"):
         assert abs(m[f"ratio_min_{modality}"] - 1) < 1e-5 and abs(m[f"ratio_max_{modality}"] - 1) < 1e-5, m
         assert abs(m[f"ratio_mean_{modality}"] - 1) < 1e-5 and m[f"clip_frac_{modality}"] == 0.0
+
+
+# ------------------------------------------------------------------------------------------------------------
+# the baselines as published: offline KD on a fixed, cached teacher set; GKD's on-policy / fixed-data mix
+# ------------------------------------------------------------------------------------------------------------
+
+BASELINE_RUN = (
+    "schedule.steps=2",
+    "eval.at_start=false",
+    "eval.at_end=false",
+    "checkpoint.every=0",
+    "checkpoint.export_final=false",
+)
+
+
+def _kd_cache_file(root: Path) -> Path:
+    (folder,) = [d for d in root.iterdir() if d.is_dir()]  # one teacher x decoding: one key
+    return folder / "samples.jsonl"
+
+
+def _kd_records(path: Path) -> list[dict]:
+    import json
+
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def _lam_combines_the_modalities(rows: list[dict]) -> None:
+    for r in rows:  # every kind: loss = lam * L_text + (1 - lam) * L_speech, lam = 0.5 here
+        assert r["loss"] == pytest.approx(0.5 * r["loss_text"] + 0.5 * r["loss_speech"], rel=1e-6, abs=1e-9)
+
+
+def test_offline_kd_trains_on_the_cached_teacher_answers_byte_for_byte(tmp_path):
+    out, cache = tmp_path / "run", tmp_path / "kd-cache"
+    run_train(out, "loss.kind=offline_kd", f"loss.kd_cache_dir={cache}", *BASELINE_RUN)
+    records = _kd_records(_kd_cache_file(cache))
+    assert len(records) == 16 and len({r["prompt"] for r in records}) == 16  # every train prompt, once
+    assert all(len(r["completions"]) == 2 for r in records)  # rollout.n answers each
+    answers = {r["id"]: r["completions"] for r in records}
+    logged = list(read_records(out / "rollouts.jsonl"))
+    # 2 steps x 4 prompts x 2 answers x 2 modalities: the student reads/hears the question, the target is fixed
+    assert len(logged) == 32 and {r["step"] for r in logged} == {1, 2}
+    for r in logged:
+        assert r["tokens"]["id"] == answers[r["prompt_id"]][r["sample"]], r["prompt_id"]
+        assert r["tokens"]["sampler_lp"] is None
+    rows = metrics(out)
+    assert all(m["sampled_tokens"] == 0 for m in rows)  # nothing is sampled while training
+    _lam_combines_the_modalities(rows)
+
+
+def test_offline_kd_reuses_its_cache_for_another_seed_and_learning_rate(tmp_path, capsys):
+    import json
+
+    data = tmp_path / "pairs.jsonl"  # the same prompts whatever the seed (a task's limit draws by seed)
+    data.write_text(
+        "".join(
+            json.dumps({"id": p.id, "text": p.text, "spoken": p.spoken, "answer": p.answer}) + "\n"
+            for p in task_pairs("sums", split="train", limit=6)
+        )
+    )
+    cache = tmp_path / "kd-cache"
+    common = ("loss.kind=offline_kd", f"loss.kd_cache_dir={cache}", "data.tasks=[]", f"data.jsonl={data}")
+    run_train(tmp_path / "a", *common, *BASELINE_RUN)
+    assert "generating the teacher's answers for 6 of 6 prompts x 2" in capsys.readouterr().err
+    path = _kd_cache_file(cache)
+    before = path.stat()
+    run_train(tmp_path / "b", *common, *BASELINE_RUN, "seed=1", "optim.lr=1e-4")
+    err = capsys.readouterr().err
+    assert "reusing the teacher's answers" in err and "generating" not in err
+    after = path.stat()
+    assert (after.st_size, after.st_mtime_ns) == (before.st_size, before.st_mtime_ns)
+    answers = {r["id"]: r["completions"] for r in _kd_records(path)}
+    for r in read_records(tmp_path / "b" / "rollouts.jsonl"):
+        assert r["tokens"]["id"] == answers[r["prompt_id"]][r["sample"]]
+
+
+def test_offline_kd_resumes_a_cache_cut_by_a_kill(tmp_path, capsys):
+    full = tmp_path / "full"
+    one_step = (*BASELINE_RUN, "schedule.steps=1")
+    run_train(tmp_path / "a", "loss.kind=offline_kd", f"loss.kd_cache_dir={full}", *one_step)
+    whole = _kd_cache_file(full)
+    # a generation killed after 5 records, in the middle of writing the 6th
+    partial = tmp_path / "partial" / whole.parent.name
+    partial.mkdir(parents=True)
+    shutil.copy(whole.parent / "meta.json", partial / "meta.json")
+    lines = whole.read_bytes().splitlines(keepends=True)
+    (partial / "samples.jsonl").write_bytes(b"".join(lines[:5]) + lines[5][:40])
+    capsys.readouterr()
+    run_train(tmp_path / "b", "loss.kind=offline_kd", f"loss.kd_cache_dir={partial.parent}", *one_step)
+    err = capsys.readouterr().err
+    assert "answers for 11 of 16 prompts x 2" in err and "resuming: 5 already there" in err
+    resumed = _kd_records(partial / "samples.jsonl")
+    assert len(resumed) == 16 and len({r["prompt"] for r in resumed}) == 16  # complete, no duplicates
+    # each prompt's answers come from its own seed: the resumed file is the uninterrupted one, byte for byte
+    assert (partial / "samples.jsonl").read_bytes() == whole.read_bytes()
+
+
+def test_gkd_student_fraction_0_trains_on_gold_answers_and_1_on_student_samples(tmp_path):
+    from xopd.trainer import gkd_on_policy
+
+    gold = {p.id: p.answer for p in task_pairs("sums", split="train", limit=16)}
+    for fraction in (0, 1):
+        run_train(tmp_path / f"f{fraction}", "loss.kind=gkd", f"loss.gkd_student_fraction={fraction}",
+                  *BASELINE_RUN, "schedule.steps=1")  # fmt: skip
+    fixed, own = (list(read_records(tmp_path / f / "rollouts.jsonl")) for f in ("f0", "f1"))
+    assert len(fixed) == len(own) == 16  # 4 prompts x n = 2 rows x 2 modalities: gold weighs as n samples
+    for r in fixed:  # the reference answer then the student's end of turn, not sampled
+        assert r["completion"] == f"{gold[r['prompt_id']]}<|im_end|>" and r["tokens"]["sampler_lp"] is None
+    assert all(r["tokens"]["sampler_lp"] is not None for r in own)
+    assert any(r["completion"] != f"{gold[r['prompt_id']]}<|im_end|>" for r in own)
+    (m0,), (m1,) = metrics(tmp_path / "f0"), metrics(tmp_path / "f1")
+    assert m0["sampled_tokens"] == 0 and m1["sampled_tokens"] > 0
+    _lam_combines_the_modalities([m0, m1])
+    # the per-prompt draw: seeded by (seed, step, prompt index), the same every call, the fraction on average
+    cfg = tiny_cfg(tmp_path / "x", "loss.kind=gkd", "loss.gkd_student_fraction=0.3")
+    draws = [gkd_on_policy(cfg, step, i) for step in range(1, 201) for i in range(8)]
+    assert draws == [gkd_on_policy(cfg, step, i) for step in range(1, 201) for i in range(8)]
+    assert 0.25 < sum(draws) / len(draws) < 0.35
+    # the keys belong to their kind
+    with pytest.raises(ConfigError, match=r"loss\.gkd_student_fraction does nothing with loss\.kind=xopd"):
+        load_config(TINY, ["loss.gkd_student_fraction=0.5"])
+    with pytest.raises(ConfigError, match=r"loss\.kd_samples_per_prompt does nothing with loss\.kind=gkd"):
+        load_config(TINY, ["loss.kind=gkd", "loss.kd_samples_per_prompt=2"])
+    with pytest.raises(ConfigError, match=r"loss\.gkd_student_fraction must be in \[0, 1\]"):
+        load_config(TINY, ["loss.kind=gkd", "loss.gkd_student_fraction=1.5"])
+
+
+def _full_logits(model, prompt, completion: list[int], vocab: int) -> torch.Tensor:
+    """Textbook: one unpadded sequence, the logits at t - 1 predict completion token t -> [T, V]."""
+    ids = torch.tensor([prompt.ids + completion])
+    with torch.no_grad():
+        logits = model(input_ids=ids, attention_mask=torch.ones_like(ids), **prompt.features).logits[0]
+    p = len(prompt.ids)
+    return logits[p - 1 : p - 1 + len(completion), :vocab].double()
+
+
+def test_gkd_loss_at_beta_0_is_the_forward_kl_computed_by_hand(tmp_path):
+    from xopd.trainer import gkd_on_policy, make_batch, modality_loss, setup
+
+    # confident heads (teacher x10, student x20): the KL is far from 0 on text as well as on speech
+    teacher = _sharpened_fixtures(tmp_path / "t", 10.0)["teacher"]
+    student = _sharpened_fixtures(tmp_path / "s", 20.0)["qwen2_audio"]
+    cfg = tiny_cfg(tmp_path / "run", "loss.kind=gkd", "loss.beta=0", f"models.teacher={teacher}",
+                   f"models.student={student}", *BASELINE_RUN, "schedule.batch_prompts=2")  # fmt: skip
+    run = setup(cfg)
+    step = next(k for k in range(1, 50) if gkd_on_policy(cfg, k, 0) != gkd_on_policy(cfg, k, 1))
+    batch = make_batch(run, run.stream.next_batch(2), step)  # one prompt sampled, one on its gold answer
+    for m in ("text", "speech"):
+        part = batch.parts[m]
+        seqs = part.seqs
+        assert sorted(part.student_rows) == [False, False, True, True]
+        totals = {"sequences": len(seqs), "tokens": int(seqs.mask.sum())}
+        loss = float(modality_loss(run, part, list(range(len(seqs))), totals)[0].detach())
+        per_sequence = []
+        for r, i in enumerate(seqs.prompt_index.tolist()):
+            completion = seqs.ids[r, : int(seqs.mask[r].sum())].tolist()
+            s = _full_logits(run.student.core, part.student_prompts[i], completion, run.vocab_size)
+            t = _full_logits(run.teacher.core, part.teacher_prompts[i], completion, run.vocab_size)
+            ones = torch.ones(1, len(completion), dtype=torch.bool)
+            fkl = losses.forward_kl(s[None], t[None], ones)[0]
+            lp_s, lp_t = s.log_softmax(-1), t.log_softmax(-1)  # and the definition itself
+            torch.testing.assert_close(fkl, (lp_t.exp() * (lp_t - lp_s)).sum(-1), rtol=0, atol=1e-12)
+            per_sequence.append(float(fkl.mean()))
+        by_hand = sum(per_sequence) / len(per_sequence)  # loss.normalize=sequence
+        print(f"gkd beta=0 {m}: modality_loss {loss:.8f}, forward KL by hand {by_hand:.8f}, per sequence "
+              f"{[round(x, 6) for x in per_sequence]}")  # fmt: skip
+        assert loss == pytest.approx(by_hand, rel=1e-5) and by_hand > 0.05

@@ -86,12 +86,20 @@ class LossConfig:
     kind: Literal["xopd", "sft", "offline_kd", "gkd"] = "xopd"
     lam: float = 0.5  # weight of the in-modal (text) term; 1 - lam goes to the cross-modal (speech) term
     clip_eps: float | None = None  # PPO-style ratio clipping (several updates per batch, or a vLLM sampler)
-    normalize: Literal["sequence", "token"] = "sequence"  # token mean per rollout, then mean (the paper's)
+    # every kind: the token mean within each sequence, then the mean over sequences (the paper's)
+    normalize: Literal["sequence", "token"] = "sequence"
     reward: Literal["logratio", "power"] = "logratio"  # xopd: A = lp_T - lp_S, or PowerOPD's bounded reward
     power_alpha: float = 5.0
     divergence: Literal["jsd", "forward_kl", "reverse_kl", "topk_reverse_kl"] = "jsd"  # gkd
     beta: float = 0.0  # gkd: generalized JSD(beta); 0 = forward KL(T || S), the paper's GKD baseline
     topk: int = 20  # gkd with topk_reverse_kl
+    # gkd: the share of prompts whose sequences are the student's own samples (on-policy); the others train
+    # on the fixed data, their reference (gold) answer. GKD's lambda; 0.5 is ms-swift's default (the paper's)
+    gkd_student_fraction: float = 0.5
+    # offline_kd: teacher answers per prompt in the fixed set (null: rollout.n), sampled once at the rollout
+    # temperature / top_p / max_new_tokens and cached (xopd.kd_cache) for every later run
+    kd_samples_per_prompt: int | None = None
+    kd_cache_dir: str | None = None  # offline_kd: root of the answer cache (null: $XOPD_HOME/kd-cache)
 
 
 @dataclass
@@ -201,6 +209,7 @@ RESUMABLE_CHANGES = (
     "output_dir",
     "rollout.batch_size",
     "distributed.",
+    "loss.kd_cache_dir",  # where the fixed answers live, not what they are (the folder name is their key)
 )
 
 # Keys that only some choices read: key -> {selector: the selector values under which the key is read}. All
@@ -212,7 +221,11 @@ KIND_KEYS: dict[str, dict[str, tuple[str, ...]]] = {
     "loss.divergence": {"loss.kind": ("gkd",)},
     "loss.beta": {"loss.kind": ("gkd",), "loss.divergence": ("jsd",)},
     "loss.topk": {"loss.kind": ("gkd",), "loss.divergence": ("topk_reverse_kl",)},
-    # sft trains on the reference answers: nothing is sampled (offline_kd samples n teacher answers)
+    "loss.gkd_student_fraction": {"loss.kind": ("gkd",)},
+    "loss.kd_samples_per_prompt": {"loss.kind": ("offline_kd",)},
+    "loss.kd_cache_dir": {"loss.kind": ("offline_kd",)},
+    # sft trains on the reference answers: nothing is sampled (offline_kd: n teacher answers per prompt in its
+    # fixed set unless loss.kd_samples_per_prompt says otherwise)
     "rollout.n": {"loss.kind": ("xopd", "offline_kd", "gkd")},
 }
 
@@ -510,6 +523,9 @@ def incompatible_changes(saved: dict[str, Any], current: RunConfig) -> list[str]
         for k in keys
         if a.get(k) != b.get(k)
         and not any(k == r or (r.endswith(".") and k.startswith(r)) for r in RESUMABLE_CHANGES)
+        # a key newer than the checkpoint that this run's loss does not read (loss.gkd_student_fraction of
+        # an X-OPD run) changes nothing; one it reads is a difference (an older gkd sampled every prompt)
+        and not (k not in a and k in KIND_KEYS and _unread_because(current, k) is not None)
     ]
 
 
@@ -524,6 +540,14 @@ def validate(cfg: RunConfig) -> None:
         (0.0 <= cfg.loss.beta <= 1.0, f"loss.beta must be in [0, 1], got {cfg.loss.beta}"),
         (cfg.loss.power_alpha > 0, f"loss.power_alpha must be > 0, got {cfg.loss.power_alpha}"),
         (cfg.loss.topk >= 1, f"loss.topk must be >= 1, got {cfg.loss.topk}"),
+        (
+            0.0 <= cfg.loss.gkd_student_fraction <= 1.0,
+            f"loss.gkd_student_fraction must be in [0, 1], got {cfg.loss.gkd_student_fraction}",
+        ),
+        (
+            cfg.loss.kd_samples_per_prompt is None or cfg.loss.kd_samples_per_prompt >= 1,
+            f"loss.kd_samples_per_prompt must be >= 1 or null, got {cfg.loss.kd_samples_per_prompt}",
+        ),
         (cfg.rollout.n >= 1, f"rollout.n must be >= 1, got {cfg.rollout.n}"),
         (
             cfg.rollout.max_new_tokens >= 1,

@@ -720,7 +720,7 @@ def sft_loss(
     bias: Tensor | None = None,
     vocab_size: int | None = None,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
-    normalize: Normalize = "token",
+    normalize: Normalize = "sequence",
     num_tokens: int | float | Tensor | None = None,
     num_sequences: int | float | Tensor | None = None,
 ) -> Tensor:
@@ -729,8 +729,10 @@ def sft_loss(
 
     With ``weight`` (the lm_head ``[V, H]``), ``logits_or_hidden`` is the hidden states ``[B, T, H]`` and the
     log-probs are computed chunked (:func:`token_logprobs`); without it, it is logits ``[B, T, V]``. Position
-    ``t`` predicts ``labels[:, t]`` (shift first). Default ``normalize="token"``: the usual global token mean
-    of cross-entropy (pass the global ``num_tokens`` under accumulation/DDP); ``"sequence"`` matches X-OPD's.
+    ``t`` predicts ``labels[:, t]`` (shift first). Default ``normalize="sequence"``, as every loss here and
+    the trainer's ``loss.normalize``: the token mean within each sequence, then the mean over sequences, so a
+    baseline and X-OPD weigh each sequence alike whatever its length (pass the global ``num_sequences`` under
+    accumulation/DDP); ``"token"``: the global token mean of the usual SFT recipes (``num_tokens``).
     """
     if weight is None:
         lp = token_logprobs_from_logits(logits_or_hidden, labels, mask, vocab_size=vocab_size)

@@ -11,10 +11,13 @@ token) count as denominator, so the accumulated gradient is the full batch's (TR
 clipping, AdamW and the LR schedule. A non-finite loss or gradient norm skips the update (reported on the
 metrics line and in ``metrics.jsonl``) and training goes on.
 
-Baselines (``loss.kind``): ``sft`` -- cross-entropy on the reference answers, after the speech and the text
-prompt alike; ``offline_kd`` -- the same on answers the teacher samples from the text prompt (sequence-level
-KD); ``gkd`` -- generalized JSD(beta) (``beta: 0`` = forward KL, the paper's GKD baseline) over the full
-vocabulary on the student's own rollouts, computed chunked from hidden states.
+Baselines (``loss.kind``), all weighting their text and speech terms with the same ``loss.lam`` and reducing
+with the same ``loss.normalize`` as X-OPD: ``sft`` -- cross-entropy on the reference answers, after the speech
+and the text prompt alike; ``offline_kd`` -- the same on a *fixed* set of answers the teacher sampled once
+from the text prompt (sequence-level KD; generated on first use and cached on disk, :mod:`xopd.kd_cache`);
+``gkd`` -- generalized JSD(beta) (``beta: 0`` = forward KL, the paper's GKD baseline) over the full
+vocabulary, computed chunked from hidden states, on the student's own rollouts for a seeded
+``loss.gkd_student_fraction`` of the prompts and on their reference answers for the others.
 
 Outputs under ``output_dir``: ``metrics.jsonl`` (one line per step), ``rollouts.jsonl`` (schema in
 :mod:`xopd.rolloutlog`), ``eval.jsonl`` (held-out teacher-student reverse KL per modality), ``checkpoints/
@@ -63,6 +66,7 @@ from xopd.data import (
 from xopd.distributed import Dist, launched_device
 from xopd.distributed import init as init_distributed
 from xopd.evalhook import GapEvalHook
+from xopd.kd_cache import TeacherAnswers, key_doc, teacher_answers
 from xopd.models import (
     ModelAdapter,
     Prompt,
@@ -75,7 +79,7 @@ from xopd.models import (
     resolve_model_name,
 )
 from xopd.paths import atomic_dir, atomic_write_text
-from xopd.rollout import RolloutEngine, Rollouts, SamplingParams, make_engine, sample_numbers
+from xopd.rollout import RolloutEngine, Rollouts, SamplingParams, make_engine, pad_rollouts, sample_numbers
 from xopd.rolloutlog import StepLog, copy_audio, rollout_record
 
 TEXT, SPEECH = "text", "speech"
@@ -133,7 +137,7 @@ class Run:
     teacher: ModelAdapter
     vocab_size: int  # the shared output vocabulary [0, V)
     engine: RolloutEngine  # samples from the student
-    teacher_engine: RolloutEngine | None  # offline_kd: samples from the teacher
+    teacher_engine: RolloutEngine | None  # offline_kd: samples from the teacher (its fixed answer set)
     stream: PairStream
     eval_pairs: list[PromptPair]
     optimizer: torch.optim.Optimizer
@@ -153,6 +157,7 @@ class Run:
     # where the models run: models.device resolved for this process (under accelerate launch ``auto`` is
     # this process's cuda:<local rank>, or cpu). Never written into cfg, which is saved as the user gave it
     device: str = "auto"
+    kd_answers: TeacherAnswers | None = None  # offline_kd: the teacher's fixed answers to every train prompt
 
     @property
     def modalities(self) -> list[str]:
@@ -291,7 +296,58 @@ def setup(cfg: RunConfig) -> Run:
             "override changed the loss the recipe chose)",
             run,
         )
+    if needs_reference_answers(cfg):
+        missing = [p.id for p in stream.pairs if p.answer is None or not str(p.answer).strip()]
+        if missing:
+            only_own = "; loss.gkd_student_fraction=1 trains on student samples only"
+            raise ConfigError(
+                f"loss.kind={cfg.loss.kind} trains on reference answers, and {len(missing)} training prompts "
+                f"have none (first: {missing[0]!r})" + (only_own if cfg.loss.kind == "gkd" else "")
+            )
+    if cfg.loss.kind == "offline_kd":
+        run.kd_answers = fixed_teacher_answers(run)
     return run
+
+
+def needs_reference_answers(cfg: RunConfig) -> bool:
+    """sft trains on the reference answers; gkd on them for the prompts it does not sample (fraction < 1)."""
+    return cfg.loss.kind == "sft" or (cfg.loss.kind == "gkd" and cfg.loss.gkd_student_fraction < 1)
+
+
+def kd_sampling(cfg: RunConfig) -> SamplingParams:
+    """offline_kd's decoding: ``loss.kd_samples_per_prompt`` answers (default ``rollout.n``) per prompt at the
+    rollout temperature, top_p and max_new_tokens."""
+    r, n = cfg.rollout, cfg.loss.kd_samples_per_prompt
+    n = n if n is not None else r.n
+    return SamplingParams(n=n, max_new_tokens=r.max_new_tokens, temperature=r.temperature, top_p=r.top_p)
+
+
+def fixed_teacher_answers(run: Run) -> TeacherAnswers:
+    """offline_kd's fixed set: the teacher's answers to every training prompt, read from the cache
+    (:mod:`xopd.kd_cache`), the missing ones generated first (every process its share, the teacher gathered
+    under FSDP). Each prompt's answers come from their own seeded RNG: training's RNG is left untouched."""
+    cfg = run.cfg
+    params = kd_sampling(cfg)
+    doc = key_doc(
+        run.teacher.source_path or cfg.models.teacher,
+        cfg.models.teacher_dtype or cfg.models.dtype,
+        params,
+        vocab_size=run.vocab_size,
+        banned_ids=run.banned_ids,
+        eos_ids=run.teacher.eos_ids,
+    )
+    return teacher_answers(
+        [(p.id, teacher_prompt(run, p)) for p in run.stream.pairs],
+        engine=run.teacher_engine,
+        params=params,
+        doc=doc,
+        root=cfg.loss.kd_cache_dir,
+        dist=run.dist,
+        say=lambda line: say(line, run),
+        prompts_per_round=max(1, cfg.rollout.batch_size // params.n),
+        gathered=run.teacher_sharded.gathered,
+        progress=cfg.logging.progress,
+    )
 
 
 def build_models(cfg: RunConfig) -> None:
@@ -521,13 +577,19 @@ class ModalityBatch:
     seqs: Rollouts
     audio_paths: list[str | None]
     sampled_by_student: bool  # True: seqs.sampler_logprobs are the student sampler's (the importance ratio's)
+    # gkd's mix: per row, whether the student sampled it (False: a reference answer); None: all rows alike
+    student_rows: list[bool] | None = None
+
+    def row_sampled(self, r: int) -> bool:
+        """Whether row ``r`` is the student's own sample (its sampler log-probs are real)."""
+        return self.sampled_by_student if self.student_rows is None else self.student_rows[r]
 
 
 @dataclass
 class Batch:
     draws: list[Draw]
     parts: dict[str, ModalityBatch]
-    sampled_tokens: int  # tokens generated this step (student and teacher samplers)
+    sampled_tokens: int  # tokens the student sampled this step (offline_kd's fixed answers: none)
 
 
 def sampling(cfg: RunConfig) -> SamplingParams:
@@ -535,14 +597,19 @@ def sampling(cfg: RunConfig) -> SamplingParams:
     return SamplingParams(n=r.n, max_new_tokens=r.max_new_tokens, temperature=r.temperature, top_p=r.top_p)
 
 
-def reference_rollouts(run: Run, draws: Sequence[Draw]) -> Rollouts:
-    """The SFT targets: reference answers as completion ids (answer text + the student's end-of-turn id)."""
-    rows = []
-    for d in draws:
+def reference_rollouts(run: Run, draws: Sequence[Draw], *, copies: int = 1) -> Rollouts:
+    """The fixed targets of sft (and of gkd's off-policy prompts): each draw's reference answer as completion
+    ids (answer text + the student's end-of-turn id), ``copies`` identical rows per draw, prompt-major
+    (gkd: a gold prompt stands in for its n samples, so every prompt weighs the same in the step's mean)."""
+    rows, index = [], []
+    for k, d in enumerate(draws):
         if d.pair.answer is None or not str(d.pair.answer).strip():
-            raise ConfigError(f"loss.kind=sft needs reference answers; prompt {d.pair.id!r} has none")
+            raise ConfigError(
+                f"loss.kind={run.cfg.loss.kind} needs reference answers; prompt {d.pair.id!r} has none"
+            )
         ids = run.student.tokenizer(str(d.pair.answer), add_special_tokens=False)["input_ids"]
-        rows.append([int(i) for i in ids] + [run.student.eos_ids[0]])
+        rows += [[int(i) for i in ids] + [run.student.eos_ids[0]]] * copies
+        index += [k] * copies
     t = max(len(r) for r in rows)
     ids = torch.tensor([r + [0] * (t - len(r)) for r in rows], dtype=torch.long)
     mask = torch.tensor([[1] * len(r) + [0] * (t - len(r)) for r in rows], dtype=torch.bool)
@@ -550,47 +617,97 @@ def reference_rollouts(run: Run, draws: Sequence[Draw]) -> Rollouts:
         raise ValueError(
             f"a reference answer tokenizes to ids outside the shared vocabulary [0, {run.vocab_size})"
         )
-    return Rollouts(torch.arange(len(rows)), ids, mask, torch.zeros(ids.shape))
+    return Rollouts(torch.tensor(index, dtype=torch.long), ids, mask, torch.zeros(ids.shape))
 
 
 def prompt_seed(seed: int, step: int, index: int, role: str) -> int:
-    """The sampling seed of the ``index``-th prompt of ``step``'s global batch, for ``role`` (a modality, or
-    "teacher"): the same in whichever process the prompt lands."""
+    """The seed of the ``index``-th prompt of ``step``'s global batch for ``role`` (a modality's sampling, or
+    "gkd": its on-policy draw): the same in whichever process the prompt lands."""
     digest = hashlib.sha256(f"{seed}|{step}|{index}|{role}".encode()).digest()
     return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
 
 
+def teacher_prompt(run: Run, pair: PromptPair) -> Prompt:
+    """What the teacher reads for ``pair``: its own chat template around the text version. One function for
+    the step's scoring and for offline_kd's cached answers, which are found by these prompt ids."""
+    return run.teacher.text_prompt(pair.text, run.cfg.data.system_prompt)
+
+
+def gkd_on_policy(cfg: RunConfig, step: int, index: int) -> bool:
+    """gkd: whether the ``index``-th prompt of ``step``'s global batch trains on the student's own samples
+    (probability ``loss.gkd_student_fraction``) or on its reference answer; seeded by (seed, step, index), so
+    every process decides the same and a resumed run decides again as before."""
+    u = random.Random(prompt_seed(cfg.seed, step, index, "gkd")).random()  # in [0, 1)
+    return u < cfg.loss.gkd_student_fraction
+
+
 def make_batch(run: Run, draws: list[Draw], step: int) -> Batch:
-    """This process's share of the step's global batch ``draws`` and the sequences each modality trains on."""
-    kind = run.cfg.loss.kind
+    """This process's share of the step's global batch ``draws`` and the sequences each modality trains on:
+    the student's samples (xopd; gkd's on-policy prompts), the reference answers (sft; gkd's other prompts) or
+    the teacher's fixed answers (offline_kd, from the cache)."""
+    cfg = run.cfg
+    kind = cfg.loss.kind
     mine = run.dist.shard_range(len(draws))
     draws = [draws[i] for i in mine]
 
-    def seeds(role: str) -> list[int] | None:
-        return [prompt_seed(run.cfg.seed, step, i, role) for i in mine] if run.seed_per_prompt else None
+    def seeds(role: str, keep: Sequence[int] | None = None) -> list[int] | None:
+        chosen = list(mine) if keep is None else [mine[k] for k in keep]
+        return [prompt_seed(cfg.seed, step, i, role) for i in chosen] if run.seed_per_prompt else None
 
-    teacher_prompts = [run.teacher.text_prompt(d.pair.text, run.cfg.data.system_prompt) for d in draws]
+    teacher_prompts = [teacher_prompt(run, d.pair) for d in draws]
     shared: Rollouts | None = None
     sampled = 0
     if kind == "sft":
         shared = reference_rollouts(run, draws)
     elif kind == "offline_kd":
-        with run.teacher_sharded.gathered():
-            shared = run.teacher_engine.generate(teacher_prompts, sampling(run.cfg), seeds("teacher"))
-        sampled += int(shared.mask.sum())
+        shared = run.kd_answers.rollouts(teacher_prompts)  # the fixed set: nothing sampled while training
+    # gkd: per prompt, the student's own samples or its reference answer (n copies: it weighs the same)
+    on_policy = [gkd_on_policy(cfg, step, i) for i in mine] if kind == "gkd" else [True] * len(draws)
+    own = [k for k, on in enumerate(on_policy) if on]
+    gold = [k for k, on in enumerate(on_policy) if not on]
     parts = {}
     # FSDP: whole layers while sampling (each process samples a different number of tokens)
     with run.sharded.gathered() if shared is None else contextlib.nullcontext():
         for m in run.modalities:
             pairs, variants = [d.pair for d in draws], [d.variant for d in draws]
-            prompts, paths = student_prompts(run.student, pairs, m, variants, run.cfg.data.system_prompt)
-            seqs = shared if shared is not None else run.engine.generate(prompts, sampling(run.cfg), seeds(m))
-            if shared is None:
+            prompts, paths = student_prompts(run.student, pairs, m, variants, cfg.data.system_prompt)
+            student_rows = None
+            if shared is not None:
+                seqs = shared
+            elif not gold:
+                seqs = run.engine.generate(prompts, sampling(cfg), seeds(m))
                 sampled += int(seqs.mask.sum())
+            else:
+                seqs, student_rows = mixed_rollouts(run, draws, prompts, own, gold, seeds(m, own))
+                sampled += int(seqs.mask[torch.tensor(student_rows, dtype=torch.bool)].sum())
             parts[m] = ModalityBatch(
-                m, prompts, teacher_prompts, seqs, paths, sampled_by_student=shared is None
-            )
+                m, prompts, teacher_prompts, seqs, paths, sampled_by_student=shared is None and not gold,
+                student_rows=student_rows,
+            )  # fmt: skip
     return Batch(draws, parts, sampled)
+
+
+def mixed_rollouts(
+    run: Run, draws: Sequence[Draw], prompts: Sequence[Prompt], own: Sequence[int], gold: Sequence[int],
+    seeds: list[int] | None,
+) -> tuple[Rollouts, list[bool]]:
+    """gkd's mix for one modality: the student's n samples for the prompts ``own``, n copies of the reference
+    answer for the prompts ``gold``; rows prompt-major over all of ``draws``, and which rows were sampled."""
+    n = run.cfg.rollout.n
+    parts, flags = [], []
+    if own:
+        r = run.engine.generate([prompts[k] for k in own], sampling(run.cfg), seeds)
+        parts.append(Rollouts(torch.tensor(own)[r.prompt_index], r.ids, r.mask, r.sampler_logprobs))
+        flags += [True] * len(r)
+    ref = reference_rollouts(run, [draws[k] for k in gold], copies=n)
+    parts.append(Rollouts(torch.tensor(gold)[ref.prompt_index], ref.ids, ref.mask, ref.sampler_logprobs))
+    flags += [False] * len(ref)
+    merged = pad_rollouts(parts)
+    order = torch.argsort(merged.prompt_index, stable=True)  # prompt-major, each prompt's rows in order
+    seqs = Rollouts(
+        merged.prompt_index[order], merged.ids[order], merged.mask[order], merged.sampler_logprobs[order]
+    )
+    return seqs, [flags[i] for i in order.tolist()]
 
 
 @dataclass
@@ -757,7 +874,7 @@ def modality_loss(
             ratio_stats = {"sum": float(pst["ratio_mean"]) * n_tok, "min": float(pst["ratio_min"]),
                            "max": float(pst["ratio_max"]), "clipped": float(pst["clip_frac"]) * n_tok,
                            "tokens": n_tok} if n_tok else None  # fmt: skip
-        else:  # sft / offline_kd: cross-entropy on the target ids (losses.sft_loss on the same log-probs)
+        else:  # sft / offline_kd: cross-entropy on the fixed target ids, losses.sft_loss on these log-probs
             loss = -losses.masked_mean(s_lp, mask_d, normalize=lc.normalize, **norm)
             adv = losses.xopd_advantage(t.logprobs, s_lp, mask_d)
     s_ent = None
@@ -926,7 +1043,7 @@ def rollout_records(run: Run, step: int, batch: Batch, result: StepResult) -> li
                         teacher_lp=st.teacher_lp[j, :t].tolist(),
                         advantage=st.advantage[j, :t].tolist(),
                         sampler_lp=part.seqs.sampler_logprobs[r, :t].tolist()
-                        if part.sampled_by_student
+                        if part.row_sampled(r)
                         else None,
                         finished=finished[r],
                         tokenizer=run.student.tokenizer,
