@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from evalsuite.tasks import build_task, get_spec, load_spec, load_task
-from evalsuite.tasks.bigbench import BigBenchError
+from evalsuite.tasks.bigbench import BigBenchError, parse_task_json
 from evalsuite.tasks.spec import BigBenchSource
 
 NAVIGATE = [
@@ -375,3 +375,21 @@ def test_load_rows_api(home, tmp_path, monkeypatch):
     assert [r.local_id for r in rows][:2] == ["2_digit_subtraction/0000", "2_digit_subtraction/0001"]
     assert rows[-1].local_id == "1_digit_addition/0005"
     assert rows[-1].meta["source"] == "bigbench:arithmetic/1_digit_addition"
+
+
+def test_bigbench_task_json_parser():
+    rows = parse_task_json(Path(__file__).parent / "data" / "bigbench_task.json", task="xopd_fixture")
+    assert [r.local_id for r in rows] == ["0000", "0001", "0002", "0003"]
+    assert rows[0].question == "Take 1 step.\nTurn around.\nTake 1 step."  # indentation and blank lines gone
+    assert rows[0].choices == ("True", "False") and rows[0].answers == ("True",)
+    assert rows[1].answers == ("three", "3") and rows[1].choices == ()
+    assert rows[2].answers == ("4",)  # a free-form target wins over target_scores' distractors
+    assert rows[3].answers == ("5", "7")  # every best-scored option is gold
+
+
+def test_builtin_bigbench_task_files_name_the_optional_source():
+    from evalsuite.tasks import get_spec
+
+    for n in ("navigate", "object_counting", "formal_fallacies_syllogisms_negation", "causal_judgment",
+              "sports_understanding", "arithmetic"):
+        assert get_spec(n).source.key == f"bigbench:{n}"

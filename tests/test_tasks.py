@@ -23,7 +23,6 @@ from evalsuite.tasks import (
     load_spec,
     load_task,
 )
-from evalsuite.tasks.bigbench import parse_task_json
 from evalsuite.tasks.spec import HFSource
 from evalsuite.tasks.task import canonical_number, choices_spoken, choices_text, speakable
 
@@ -94,22 +93,11 @@ def test_rendering_helpers():
     assert [canonical_number(v) for v in values] == ["1500", "12", "3.5", "-4", "7", "12", "7", None, None]
 
 
-def test_bigbench_task_json_parser():
-    rows = parse_task_json(DATA / "bigbench_task.json", task="xopd_fixture")
-    assert [r.local_id for r in rows] == ["0000", "0001", "0002", "0003"]
-    assert rows[0].question == "Take 1 step.\nTurn around.\nTake 1 step."  # indentation and blank lines gone
-    assert rows[0].choices == ("True", "False") and rows[0].answers == ("True",)
-    assert rows[1].answers == ("three", "3") and rows[1].choices == ()
-    assert rows[2].answers == ("4",)  # a free-form target wins over target_scores' distractors
-    assert rows[3].answers == ("5", "7")  # every best-scored option is gold
-
-
 # --- the registry ----------------------------------------------------------------------------------------
 
 
 def test_registry_lists_every_builtin_task():
     assert set(BIGBENCH_TASKS + RG_TASKS + HUB_TASKS) <= set(list_tasks())
-    assert all(get_spec(n).source.key == f"bigbench:{n}" for n in BIGBENCH_TASKS)  # data: optional source
     for name in HUB_TASKS:
         assert get_spec(name).needs_hub
     for name in BIGBENCH_TASKS + RG_TASKS:
@@ -194,7 +182,7 @@ def test_task_added_by_a_file_alone(tmp_path, monkeypatch):
     assert load_task("navigate", limit=2).items[0].id.startswith("navigate/")
 
 
-NAV = "source: {bigbench: navigate}\n"
+NAV = "source: {reasoning_gym: {dataset: syllogism, size: 10, seed: 1}}\n"
 NUM = 'answer_type: number\nprompt: "{question}"\n'
 BAD_FILES = {
     "choices[0]": NAV + 'answer_type: yesno\nchoices: [yes, no]\nprompt: "{question}"\n',
@@ -223,7 +211,7 @@ def test_malformed_task_file_names_file_and_field(tmp_path, monkeypatch, field):
 
 def test_unparseable_yaml_names_the_file(tmp_path):
     path = tmp_path / "broken.yaml"
-    path.write_text("source: {bigbench: navigate\nprompt: [\n")
+    path.write_text("source: {jsonl: q.jsonl\nprompt: [\n")
     with pytest.raises(TaskSpecError, match=str(path)):
         load_spec(path)
 
