@@ -1,0 +1,309 @@
+"""The demo student's alignment (xopd.world.align) and its disk cache of encoder outputs
+(xopd.world.encoder_cache), on the tiny random Qwen2-Audio fixture: seconds, no TTS (clips are synthetic)."""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+import pytest
+import torch
+
+from xopd.world import align
+from xopd.world.encoder_cache import EncoderCache, audio_key
+
+FIXTURE = "fixture:qwen2_audio"
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def student():
+    return align.build_student(FIXTURE)
+
+
+def _clip(seconds: float, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return (0.1 * rng.standard_normal(int(round(16_000 * seconds)))).astype(np.float32)
+
+
+def _speech_prompt(adapter, audio):
+    """The model's own inputs for the repeat prompt: rendered and expanded by its processor."""
+    msgs = [{"role": "user", "content": [{"type": "audio", "audio": audio},
+                                         {"type": "text", "text": align.REPEAT_PROMPT}]}]
+    return adapter.prompt(msgs)
+
+
+# --------------------------------------------------------------------------------------------- encoder cache
+
+
+@pytest.mark.parametrize("seconds", [0.37, 1.0, 2.77, 31.0])
+def test_cache_keeps_the_real_frames_the_processor_counts(student, tmp_path, seconds):
+    audio = _clip(seconds)
+    cache = EncoderCache(student.core.model.audio_tower, student.feature_extractor, root=tmp_path)
+    states = cache.get(audio)
+    n_placeholders = sum(t == student.core.config.audio_token_id for t in _speech_prompt(student, audio).ids)
+    n_mel = min(int(np.ceil(audio.size / 160)), 3000)  # the Whisper feature extractor's mask; 30 s at most
+    assert states.shape == (n_placeholders, student.core.config.audio_config.d_model)
+    assert states.shape[0] == ((n_mel - 1) // 2 + 1 - 2) // 2 + 1 == cache.expected_frames(audio)
+    assert states.dtype == torch.float32
+
+
+def test_cache_round_trip_layout_and_resume(student, tmp_path):
+    clips = [_clip(1.3, seed=1), _clip(0.8, seed=2)]
+    cache = EncoderCache(student.core.model.audio_tower, student.feature_extractor, root=tmp_path)
+    assert cache.fill(clips, progress=False) == {"encoded": 2, "skipped": 0}
+    key = hashlib.sha256(clips[0].tobytes()).hexdigest()
+    path = tmp_path / cache.fingerprint / key[:2] / f"{key}.npy"
+    assert key == audio_key(clips[0]) and path.is_file()
+    assert np.load(path).dtype == np.float16
+    assert not list(tmp_path.rglob(".*"))  # no temporary files left behind
+    exact = cache.encode(clips)
+    for clip, ref in zip(clips, exact):
+        got = cache.get(clip)
+        assert got.shape == ref.shape
+        torch.testing.assert_close(got, ref, rtol=2e-3, atol=2e-3)  # float16 on disk
+        assert torch.equal(got, ref.half().float())
+    assert cache.hits == 2 and cache.misses == 0
+    # resumable: a second fill skips everything; a new clip is the only one encoded
+    assert cache.fill(clips + [_clip(0.5, seed=3)], progress=False) == {"encoded": 1, "skipped": 2}
+    # float32 storage is exact
+    exact32 = EncoderCache(student.core.model.audio_tower, student.feature_extractor, root=tmp_path / "f32",
+                           dtype="float32")
+    assert torch.equal(exact32.get(clips[0]), exact[0])
+
+
+def test_fingerprint_follows_the_encoder_weights(student, tmp_path):
+    tower = student.core.model.audio_tower
+    a = EncoderCache(tower, student.feature_extractor, root=tmp_path).fingerprint
+    assert a == EncoderCache(tower, student.feature_extractor, root=tmp_path).fingerprint
+    w = tower.layers[0].fc1.weight
+    with torch.no_grad():
+        w[0, 0] += 1.0
+        try:
+            assert EncoderCache(tower, student.feature_extractor, root=tmp_path).fingerprint != a
+        finally:
+            w[0, 0] -= 1.0
+
+
+# --------------------------------------------------------------------------------------------- forward
+
+
+def test_cached_states_forward_equals_the_models_own_forward(student, tmp_path):
+    core = student.core
+    audio = _clip(2.77)
+    p = _speech_prompt(student, audio)
+    prompt = align.RepeatPrompt(student)
+    cache = EncoderCache(core.model.audio_tower, student.feature_extractor, root=tmp_path)
+    states = cache.encode([audio])
+    assert prompt.ids(states[0].shape[0]) == p.ids  # our expansion of <|AUDIO|> is the processor's
+    ids = torch.tensor([p.ids])
+    ones = torch.ones_like(ids)
+    with torch.no_grad():
+        own = core(input_ids=ids, attention_mask=ones, **p.features).logits
+        ours = core.lm_head(align.lm_hidden(core, ids, ones, states))
+        from_disk = core.lm_head(align.lm_hidden(core, ids, ones, [cache.get(audio)]))
+    assert (own - ours).abs().max().item() < 1e-4
+    assert (own - from_disk).abs().max().item() < 2e-2  # float16-rounded encoder states
+
+
+def test_left_padded_greedy_decoding_matches_the_models_own_generate(student, tmp_path):
+    core = student.core
+    audios = [_clip(2.0, seed=4), _clip(0.9, seed=5)]
+    prompt = align.RepeatPrompt(student)
+    cache = EncoderCache(core.model.audio_tower, student.feature_extractor, root=tmp_path)
+    states = cache.encode(audios)
+    kw = dict(max_new_tokens=6, do_sample=False, eos_token_id=student.eos_ids, pad_token_id=student.pad_id,
+              output_scores=True, return_dict_in_generate=True)
+    width = max(len(prompt.ids(s.shape[0])) for s in states)
+    ids = torch.full((2, width), student.pad_id)
+    mask = torch.zeros((2, width), dtype=torch.long)
+    for i, s in enumerate(states):
+        row = prompt.ids(s.shape[0])
+        ids[i, width - len(row):], mask[i, width - len(row):] = torch.tensor(row), 1
+    with torch.no_grad():
+        embeds = align.embed_with_audio(core, ids, states)
+        batched = core.generate(inputs_embeds=embeds, attention_mask=mask, **kw)
+        for i, audio in enumerate(audios):
+            p = _speech_prompt(student, audio)
+            own = core.generate(input_ids=torch.tensor([p.ids]),
+                                attention_mask=torch.ones(1, len(p.ids)), **p.features, **kw)
+            for a, b in zip(batched.scores, own.scores):
+                assert (a[i] - b[0]).abs().max().item() < 1e-4
+    assert align.greedy_repeat(core, student, prompt, states, 6) == [
+        align.greedy_repeat(core, student, prompt, [s], 6)[0] for s in states
+    ]
+
+
+def test_merged_llm_adapter_replaces_the_students_llm(tmp_path):
+    from peft import LoraConfig, get_peft_model
+
+    from xopd.loading import load_text_lm
+    from xopd.models import resolve_model_name
+
+    teacher, _ = load_text_lm(resolve_model_name("fixture:teacher"))
+    torch.manual_seed(0)
+    lora = get_peft_model(teacher, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "down_proj"]))
+    with torch.no_grad():
+        for n, p in lora.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.2)
+    lora.save_pretrained(str(tmp_path / "adapter"))
+    merged = lora.merge_and_unload()
+
+    plain = align.build_student(FIXTURE)
+    student = align.build_student(FIXTURE, "fixture:teacher", str(tmp_path / "adapter"))
+    ids = torch.tensor([student.text_prompt("How many legs does a cat have?").ids])
+    with torch.no_grad():
+        ref = merged(input_ids=ids).logits
+        got = student.core(input_ids=ids).logits[..., : ref.shape[-1]]
+        before = plain.core(input_ids=ids).logits[..., : ref.shape[-1]]
+    assert (got - ref).abs().max().item() < 1e-4
+    assert (before - ref).abs().max().item() > 1e-3  # the adapter did change the LLM
+    for name in ("model.audio_tower.layers.0.fc1.weight", "model.multi_modal_projector.linear.weight"):
+        mine, base = dict(student.core.named_parameters()), dict(plain.core.named_parameters())
+        assert torch.equal(mine[name], base[name])
+
+
+# --------------------------------------------------------------------------------------------- training
+
+
+TEXTS = {
+    "sums": ["What is six plus four?", "What is nine minus two plus one?", "What is three plus three?"],
+    "counting": ["I have two pigs and a goat. How many animals do I have?", "I have a lemon and an onion."],
+}
+VAL = [("sums", "What is five plus six?"),
+       ("counting", "I have three harps. How many instruments do I have?")]
+
+
+def _synthetic_audio(self, text, voice):
+    """Deterministic noise whose length follows the text: a stand-in for TTS."""
+    seed = int(hashlib.sha256(f"{voice.name}:{text}".encode()).hexdigest()[:8], 16)
+    return _clip(0.04 * len(text), seed=seed)
+
+
+@pytest.fixture
+def offline_data(monkeypatch):
+    monkeypatch.setattr(align.Clips, "audio", _synthetic_audio)
+    monkeypatch.setattr(align, "train_texts", lambda tasks, parts, n, seed: {t: TEXTS[t] for t in tasks})
+    monkeypatch.setattr(align, "eval_texts", lambda tasks, limit, seed: VAL)
+
+
+def _args(tmp_path, out, *extra):
+    return align.parse_args([
+        "--out", str(out), "--base", FIXTURE, "--tasks", "sums,counting", "--voices", "flite-slt,flite-rms",
+        "--eval-voices", "flite-slt,flite-kal", "--batch-size", "3", "--lr", "1e-2", "--warmup", "1",
+        "--eval-every", "0", "--log-every", "1", "--cache-dir", str(tmp_path / "cache"), "--no-progress",
+        "--no-export", *extra,
+    ])
+
+
+def test_three_steps_train_the_projector_only(tmp_path, offline_data):
+    before = {n: p.detach().clone() for n, p in align.build_student(FIXTURE).core.named_parameters()}
+    result = align.train(_args(tmp_path, tmp_path / "run", "--max-steps", "3"))
+    core = result["adapter"].core
+    assert sorted(result["losses"]) == [1, 2, 3]
+    assert all(np.isfinite(v) for v in result["losses"].values())
+    changed = []
+    for name, p in core.named_parameters():
+        if name.startswith("model.multi_modal_projector."):
+            changed.append(name)
+            assert not torch.equal(p, before[name]), name
+        else:
+            assert torch.equal(p, before[name]), name  # LLM and encoder: bit-identical
+            assert p.grad is None and not p.requires_grad, name
+    assert changed == ["model.multi_modal_projector.linear.weight", "model.multi_modal_projector.linear.bias"]
+    from safetensors.torch import load_file
+
+    saved = load_file(str(tmp_path / "run" / "step-000003" / "trainable.safetensors"))
+    assert sorted(saved) == sorted(changed)
+
+
+def test_resume_after_step_two_gives_the_uninterrupted_step_three(tmp_path, offline_data):
+    whole = align.train(_args(tmp_path, tmp_path / "whole", "--max-steps", "3"))["losses"]
+    first = align.train(_args(tmp_path, tmp_path / "pieces", "--max-steps", "2"))["losses"]
+    second = align.train(_args(tmp_path, tmp_path / "pieces", "--max-steps", "3"))["losses"]
+    assert first == {1: whole[1], 2: whole[2]}
+    assert second == {3: whole[3]}  # exactly: same data, voices, optimizer state and weights
+
+
+def test_resume_refuses_other_settings(tmp_path, offline_data):
+    align.train(_args(tmp_path, tmp_path / "run", "--max-steps", "1"))
+    with pytest.raises(SystemExit, match="other settings"):
+        align.train(_args(tmp_path, tmp_path / "run", "--max-steps", "2", "--lr", "5e-3"))
+
+
+def test_held_out_voice_is_refused_for_training(tmp_path, offline_data):
+    with pytest.raises(SystemExit, match="held out"):
+        align.train(align.parse_args(["--out", str(tmp_path), "--base", FIXTURE,
+                                      "--voices", "hibari,flite-kal"]))
+
+
+def test_eval_writes_repeat_wer_per_voice_and_export_loads(tmp_path, offline_data):
+    import json
+
+    from xopd.models import load_adapter
+
+    args = _args(tmp_path, tmp_path / "run", "--max-steps", "2", "--eval-every", "2",
+                 "--eval-max-new-tokens", "4")
+    args.no_export = False
+    core = align.train(args)["adapter"].core
+    lines = [json.loads(x) for x in (tmp_path / "run" / "eval.jsonl").read_text().splitlines()]
+    assert [x["step"] for x in lines] == [0, 2]
+    for line in lines:
+        assert set(line["wer"]) == {"flite-slt", "flite-kal"} and all(w >= 0 for w in line["wer"].values())
+        assert all(np.isfinite(v) for v in line["loss"].values())
+    exported = load_adapter(str(tmp_path / "run" / "student"), device="cpu").core
+    mine = dict(core.named_parameters())
+    for name, p in exported.named_parameters():
+        assert torch.equal(p, mine[name]), name
+
+
+def test_encoder_lora_trains_lora_and_projector_and_exports_merged(tmp_path, offline_data):
+    before = {n: p.detach().clone() for n, p in align.build_student(FIXTURE).core.named_parameters()}
+    args = _args(tmp_path, tmp_path / "run", "--max-steps", "2", "--encoder-lora", "2", "--lr", "5e-2")
+    args.no_export = False
+    result = align.train(args)
+    core = result["adapter"].core
+    trained = [n for n, p in core.named_parameters() if p.requires_grad]
+    assert any("lora_" in n for n in trained) and "model.multi_modal_projector.linear.weight" in trained
+    for name, p in core.named_parameters():
+        base = name.replace(".base_layer.", ".")
+        if "lora_" not in name and not name.startswith("model.multi_modal_projector."):
+            assert torch.equal(p, before[base]), name  # frozen encoder base weights and LLM
+    from xopd.models import load_adapter
+
+    exported = load_adapter(str(tmp_path / "run" / "student"), device="cpu")
+    audio = _clip(1.5)
+    p = _speech_prompt(exported, audio)
+    with torch.no_grad():
+        merged = exported.core(input_ids=torch.tensor([p.ids]), **p.features).logits
+        live = core(input_ids=torch.tensor([p.ids]), **p.features).logits
+    assert (merged - live).abs().max().item() < 1e-4
+
+
+def test_train_texts_are_train_split_questions_as_spoken():
+    from evalsuite.tasks import load_task
+    from xopd.world.parts import items_of_part
+
+    texts = align.train_texts(["sums"], ["distill"], 5, seed=0)["sums"]
+    task = load_task("sums", split="train")
+    spoken = {task.render_spoken(it) for it in items_of_part(task, "distill")}
+    assert len(texts) == 5 and set(texts) <= spoken
+
+
+def test_prefill_encodes_exactly_what_training_and_validation_read(tmp_path, offline_data):
+    args = _args(tmp_path, tmp_path / "run", "--max-steps", "3", "--eval-every", "3",
+                 "--eval-max-new-tokens", "2", "--prefill-only")
+    assert align.train(args)["step"] == 0
+    n_files = len(list((tmp_path / "cache").rglob("*.npy")))
+    args.prefill_only = False
+    cache = align.train(args)["cache"]
+    assert cache.misses == 0 and cache.hits == 3 * 3 + 2 * (2 * len(VAL))  # 3 steps x 3 + 2 evals x 2 voices
+    assert len(list((tmp_path / "cache").rglob("*.npy"))) == n_files

@@ -1,0 +1,1 @@
+"""The demo world: a tuned text teacher and an aligned speech student, built offline."""

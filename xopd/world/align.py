@@ -1,0 +1,639 @@
+"""Align the demo student's audio path: it hears a spoken prompt and must repeat it, the LLM frozen.
+
+    python -m xopd.world.align --out artifacts/world/align \\
+        --llm-adapter artifacts/world/teacher/step-000100 --batch-size 8 --lr 2e-3 --max-steps 1500 \\
+        --max-minutes 100 --threads 1
+
+The demo student (``xopd-demo-student``) is the zoo's assembled speech LLM (``xopd-speech-smollm2``: Whisper
+tiny.en encoder + linear projector + SmolLM2-135M-Instruct, Qwen2-Audio layout) whose LLM is replaced by a
+*weaker relative of the teacher*: SmolLM2 with an early LoRA checkpoint of the teacher-tuning run merged in
+(``--llm-adapter``; ``none`` keeps plain SmolLM2). Its projector starts untrained; this script trains it.
+
+Objective (content alignment, no answers): the user turn is ``[audio] + REPEAT_PROMPT``; the target is the
+text that was spoken (``task.render_spoken(item)``), tokenized and followed by the chat end-of-turn; the
+loss is the mean cross-entropy over those target tokens. Items are the *train* split of ``--tasks``, from
+both parts of :mod:`xopd.world.parts` by default: alignment only ever reads questions, never answers, so
+it leaks nothing about what the teacher was tuned on or what distillation will teach (``--parts distill``
+restricts it if one wants the student to never have heard the tuning questions at all). Each draw speaks its
+item in a voice picked from ``--voices`` by a hash of (seed, step, slot); ``flite-kal`` is held out (refused
+in ``--voices``) and, with ``hibari``, is what validation listens to.
+
+What trains: the projector only (``multi_modal_projector.*``), or with ``--encoder-lora R`` also a rank-R LoRA
+on the encoder's attention and MLP projections. The LLM (embeddings, layers, lm_head) never gets a gradient.
+
+How a step runs: the encoder is frozen, so each clip's encoder states (real frames only) are computed once
+and kept on disk by :class:`xopd.world.encoder_cache.EncoderCache`; a step reads them, applies the projector,
+scatters the projected frames into the ``<|AUDIO|>`` placeholder rows of the text embeddings
+(:func:`embed_with_audio`, the ``masked_scatter`` Qwen2-Audio's own forward does) and runs the language
+model on ``inputs_embeds``. ``tests/test_world_align.py`` checks that this equals the model's own forward on
+the processor's inputs. With ``--encoder-lora`` the cache is bypassed and the encoder runs every step.
+
+Outputs under ``--out``: ``step-NNNNNN/trainable.safetensors`` (projector [+ encoder LoRA]), ``state.pt``
+(optimizer, step, RNG, data position: rerunning the same command continues exactly), ``eval.jsonl`` (repeat
+WER by greedy decoding and teacher-forced loss on validation clips, per voice), ``command.txt``, and after the
+last step ``student/``: the full student (merged LLM + trained projector) as a Qwen2-Audio model folder.
+``--prefill-only`` renders and encodes every clip the remaining steps will draw, then exits (resumable); run
+with the same arguments beside the training process, it keeps ahead of it (a clip costs ~0.7 s of Whisper
+encoding on one core, plus TTS: ~0.15 s flite, ~2 s hibari), so training steps only read the disk cache.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import os
+import random
+import re
+import shlex
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from xopd.world.encoder_cache import EncoderCache, audio_features, encode_features
+
+REPEAT_PROMPT = "Repeat exactly what was said."
+HELD_OUT_VOICES = ("flite-kal",)  # never trained on: validation only
+DEFAULT_VOICES = "hibari,hibari-slow,hibari-fast,flite-slt,flite-rms,flite-awb,clean"
+ENCODER_LORA_TARGETS = r"layers\.\d+\.(self_attn\.(q_proj|k_proj|v_proj|out_proj)|fc1|fc2)"
+# Changing any of these changes the run: a resume with different values is refused.
+RUN_KEYS = ("base", "llm", "llm_adapter", "tasks", "parts", "voices", "items_per_task", "seed", "lr",
+            "warmup", "batch_size", "weight_decay", "grad_clip", "encoder_lora", "cache_dtype")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    from evalsuite.tasks import DEFAULT_MIX
+
+    p = argparse.ArgumentParser(prog="python -m xopd.world.align", description=__doc__.split("\n")[0])
+    p.add_argument("--out", required=True, help="run folder (checkpoints, state.pt, eval.jsonl)")
+    p.add_argument("--base", default="xopd-speech-smollm2",
+                   help="speech LLM to align (zoo name, path, fixture:<key>)")
+    p.add_argument("--llm", default="smollm2-135m-instruct", help="text LLM the --llm-adapter was trained on")
+    p.add_argument("--llm-adapter", default="none",
+                   help="peft LoRA dir merged into --llm, which then replaces the base's LLM; 'none': keep")
+    p.add_argument("--tasks", default=",".join(DEFAULT_MIX), help="comma-separated task names (train split)")
+    p.add_argument("--parts", default="tune,distill", help="parts of the train split (xopd.world.parts)")
+    p.add_argument("--voices", default=DEFAULT_VOICES, help="training voices (evalsuite.speech variants)")
+    p.add_argument("--eval-voices", default="hibari,flite-kal", help="validation voices (seen, held out)")
+    p.add_argument("--items-per-task", type=int, default=0, help="use only this many items per task (0: all)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--warmup", type=int, default=50, help="linear warmup steps, then constant lr")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--weight-decay", type=float, default=0.0)
+    p.add_argument("--grad-clip", type=float, default=1.0, help="max global grad norm (0: off)")
+    p.add_argument("--encoder-lora", type=int, default=0,
+                   help="rank of a LoRA on the encoder (0: projector only)")
+    p.add_argument("--encoder-lora-alpha", type=int, default=None, help="LoRA alpha (default 2 x rank)")
+    p.add_argument("--cache-dtype", default="float16", choices=("float16", "float32"))
+    p.add_argument("--cache-dir", default=None, help="encoder cache root (default $XOPD_HOME/encoder-cache)")
+    p.add_argument("--max-steps", type=int, default=1500)
+    p.add_argument("--max-minutes", type=float, default=None, help="save and stop after this many minutes")
+    p.add_argument("--save-every", type=int, default=50)
+    p.add_argument("--eval-every", type=int, default=250)
+    p.add_argument("--eval-limit", type=int, default=8, help="validation items per task (per eval voice)")
+    p.add_argument("--eval-batch-size", type=int, default=8)
+    p.add_argument("--eval-max-new-tokens", type=int, default=128)
+    p.add_argument("--log-every", type=int, default=5)
+    p.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
+    p.add_argument("--prefill-only", action="store_true",
+                   help="render + encode the clips of the remaining steps and of validation, then exit")
+    p.add_argument("--no-export", action="store_true", help="do not write student/ after the last step")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    args = p.parse_args(argv)
+    if args.llm_adapter.lower() in ("none", ""):
+        args.llm_adapter = None
+    return args
+
+
+# --------------------------------------------------------------------------------------------- student
+
+
+def build_student(base: str, llm: str | None = None, llm_adapter: str | None = None) -> Any:
+    """The student as a :class:`xopd.models.ModelAdapter` (float32, CPU, eval mode): ``base`` with its LLM
+    replaced by ``llm`` + the LoRA ``llm_adapter`` merged (when given). The base's in-memory encoder cache is
+    removed: the disk cache replaces it."""
+    from xopd.models import load_adapter
+
+    adapter = load_adapter(base, dtype="float32", device="cpu")
+    if adapter.family.name != "qwen2_audio":
+        raise SystemExit(f"{base}: alignment supports Qwen2-Audio-layout models, got {adapter.family.name}")
+    tower = adapter.core.model.audio_tower
+    if adapter.encoder_cache is not None:
+        tower.__dict__.pop("forward", None)  # FrozenEncoderCache patched the instance: back to the class's
+        adapter.encoder_cache = None
+    if llm_adapter:
+        merge_llm_into(adapter.core, llm or "smollm2-135m-instruct", llm_adapter)
+    return adapter
+
+
+def merge_llm_into(core: Any, llm: str, lora_dir: str) -> None:
+    """Replace ``core``'s language model + lm_head by ``llm`` with the peft LoRA in ``lora_dir`` merged.
+
+    The speech model's vocabulary is the LLM's plus the audio tokens and padding: the LLM's rows are copied
+    into the first rows, the rest (audio tokens, padding) stay as they are. Every LLM weight must find its
+    place; only Qwen2's q/k/v biases may be missing from a LLaMA source (they stay zero, see assemble.py)."""
+    from peft import PeftModel
+
+    from xopd.loading import load_text_lm
+    from xopd.models import resolve_model_name
+
+    if not (Path(lora_dir) / "adapter_config.json").is_file():
+        raise SystemExit(f"--llm-adapter {lora_dir}: no adapter_config.json (expected a peft LoRA folder)")
+    text, _ = load_text_lm(resolve_model_name(llm), dtype=torch.float32, device="cpu")
+    merged = PeftModel.from_pretrained(text, lora_dir).merge_and_unload()
+    src = merged.state_dict()
+    if "lm_head.weight" not in src:
+        src["lm_head.weight"] = src["model.embed_tokens.weight"]
+    lm = core.model.language_model
+    dst = dict(lm.named_parameters())
+    covered = set()
+    with torch.no_grad():
+        for key, value in src.items():
+            if key == "lm_head.weight":
+                target, name = core.lm_head.weight, "lm_head.weight"
+            elif key.startswith("model.") and key[len("model."):] in dst:
+                name = key[len("model."):]
+                target = dst[name]
+            else:
+                raise SystemExit(f"{llm} + {lora_dir}: weight {key!r} has no place in the speech model's LLM")
+            if target.shape[1:] != value.shape[1:] or target.shape[0] < value.shape[0]:
+                raise SystemExit(f"{key}: {tuple(value.shape)} does not fit {tuple(target.shape)}")
+            target[: value.shape[0]].copy_(value)
+            covered.add(name)
+    missing = [n for n in dst if n not in covered and not re.search(r"\.(q|k|v)_proj\.bias$", n)]
+    if missing:
+        raise SystemExit(f"{llm} + {lora_dir}: no source for {missing[:5]}")
+
+
+def setup_trainable(core: Any, encoder_lora: int = 0, alpha: int | None = None, seed: int = 0) -> list[str]:
+    """Freeze everything but the projector (and a fresh encoder LoRA when ``encoder_lora`` > 0); returns the
+    names of the trainable parameters."""
+    core.requires_grad_(False)
+    if encoder_lora > 0:
+        from peft import LoraConfig, inject_adapter_in_model
+
+        torch.manual_seed(seed)  # the LoRA A matrices' initialisation
+        cfg = LoraConfig(r=encoder_lora, lora_alpha=alpha or 2 * encoder_lora, lora_dropout=0.0,
+                         target_modules=ENCODER_LORA_TARGETS, bias="none")
+        inject_adapter_in_model(cfg, core.model.audio_tower)
+    names = []
+    for name, p in core.named_parameters():
+        trainable = name.startswith("model.multi_modal_projector.") or (encoder_lora > 0 and "lora_" in name)
+        p.requires_grad_(trainable)
+        if trainable:
+            names.append(name)
+    return names
+
+
+def trainable_state(core: Any) -> dict[str, Tensor]:
+    return {n: p.detach().contiguous().clone() for n, p in core.named_parameters() if p.requires_grad}
+
+
+# --------------------------------------------------------------------------------------------- prompts
+
+
+class RepeatPrompt:
+    """The repeat prompt's token ids around its one ``<|AUDIO|>``, rendered once by the model's own chat
+    template (:func:`xopd.prompting.render`, as evaluation renders it); ``ids(n)`` expands the placeholder
+    to ``n`` audio tokens, as ``Qwen2AudioProcessor`` does."""
+
+    def __init__(self, adapter: Any, instruction: str = REPEAT_PROMPT) -> None:
+        from xopd import prompting
+
+        msgs = prompting.messages_for(None, modality=prompting.SPEECH, instruction=instruction)
+        r = prompting.render(adapter.tokenizer, msgs, processor=adapter.processor,
+                             placeholder=adapter.family.audio_placeholder)
+        self.audio_id = int(adapter.core.config.audio_token_id)
+        where = [i for i, t in enumerate(r.ids) if t == self.audio_id]
+        if len(where) != 1:
+            raise ValueError(f"the repeat prompt renders {len(where)} audio tokens, expected 1: {r.text!r}")
+        self.prefix, self.suffix = r.ids[: where[0]], r.ids[where[0] + 1 :]
+        self.messages = msgs
+
+    def ids(self, n_audio: int) -> list[int]:
+        return self.prefix + [self.audio_id] * n_audio + self.suffix
+
+
+def target_ids(adapter: Any, text: str) -> list[int]:
+    """The spoken text, tokenized, then the chat end-of-turn (generation_config's first EOS: <|im_end|>)."""
+    return list(adapter.tokenizer(text, add_special_tokens=False)["input_ids"]) + [adapter.eos_ids[0]]
+
+
+# --------------------------------------------------------------------------------------------- forward
+
+
+def embed_with_audio(core: Any, input_ids: Tensor, audio_states: list[Tensor]) -> Tensor:
+    """Text embeddings with the projected audio frames scattered into the ``<|AUDIO|>`` rows, in order:
+    what ``Qwen2AudioModel.forward`` builds from ``input_features``, from encoder states instead."""
+    embeds = core.get_input_embeddings()(input_ids)
+    mask = input_ids == core.config.audio_token_id
+    n_tokens, n_frames = int(mask.sum()), sum(int(s.shape[0]) for s in audio_states)
+    if n_tokens != n_frames:
+        raise ValueError(f"{n_tokens} <|AUDIO|> tokens for {n_frames} audio frames")
+    if not audio_states:
+        return embeds
+    proj = core.model.multi_modal_projector(torch.cat(audio_states, dim=0).to(embeds.device))
+    return embeds.masked_scatter(mask.unsqueeze(-1), proj.to(embeds.dtype))
+
+
+def lm_hidden(core: Any, input_ids: Tensor, attention_mask: Tensor, audio_states: list[Tensor]) -> Tensor:
+    """Final hidden states ``[B, L, H]`` of the LLM on text + audio states (lm_head not applied)."""
+    embeds = embed_with_audio(core, input_ids, audio_states)
+    positions = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+    out = core.model(inputs_embeds=embeds, attention_mask=attention_mask, position_ids=positions)
+    return out.last_hidden_state
+
+
+def collate(rows: list[tuple[list[int], list[int]]], pad: int) -> tuple[Tensor, Tensor, Tensor]:
+    """Right-padded ``(ids, attention mask, labels)``; labels are -100 except on the target tokens."""
+    width = max(len(p) + len(t) for p, t in rows)
+    ids = torch.full((len(rows), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    labels = torch.full((len(rows), width), -100, dtype=torch.long)
+    for i, (p, t) in enumerate(rows):
+        n = len(p) + len(t)
+        ids[i, :n] = torch.tensor(p + t)
+        mask[i, :n] = 1
+        labels[i, len(p) : n] = torch.tensor(t)
+    return ids, mask, labels
+
+
+def repeat_loss(core: Any, ids: Tensor, mask: Tensor, labels: Tensor, audio_states: list[Tensor],
+                reduction: str = "mean") -> Tensor:
+    """Cross-entropy over the target tokens; the lm_head runs on those positions only."""
+    hidden = lm_hidden(core, ids, mask, audio_states)
+    targets = labels[:, 1:]
+    keep = targets != -100
+    logits = core.lm_head(hidden[:, :-1][keep])
+    return torch.nn.functional.cross_entropy(logits.float(), targets[keep], reduction=reduction)
+
+
+@torch.no_grad()
+def greedy_repeat(core: Any, adapter: Any, prompt: RepeatPrompt, audio_states: list[Tensor],
+                  max_new_tokens: int) -> list[str]:
+    """Greedy decoding of the repeat prompt for each clip (left-padded batch, generate on inputs_embeds)."""
+    rows = [prompt.ids(int(s.shape[0])) for s in audio_states]
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), adapter.pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, r in enumerate(rows):
+        ids[i, width - len(r) :] = torch.tensor(r)
+        mask[i, width - len(r) :] = 1
+    embeds = embed_with_audio(core, ids, audio_states)
+    out = core.generate(inputs_embeds=embeds, attention_mask=mask, max_new_tokens=max_new_tokens,
+                        do_sample=False, eos_token_id=adapter.eos_ids, pad_token_id=adapter.pad_id)
+    texts = []
+    for row in out.tolist():
+        cut = next((i for i, t in enumerate(row) if t in adapter.eos_ids), len(row))
+        texts.append(adapter.tokenizer.decode(row[:cut], skip_special_tokens=True).strip())
+    return texts
+
+
+# --------------------------------------------------------------------------------------------- data
+
+
+def _unit(key: str) -> float:
+    return int(hashlib.sha256(key.encode("utf-8")).hexdigest()[:15], 16) / 16**15
+
+
+def voice_for(voices: list[Any], seed: int, step: int, slot: int) -> Any:
+    """The voice of batch slot ``slot`` at ``step``: a pure function of (seed, step, slot): no state."""
+    return voices[int(_unit(f"voice:{seed}:{step}:{slot}") * len(voices))]
+
+
+def train_texts(tasks: list[str], parts: list[str], items_per_task: int, seed: int) -> dict[str, list[str]]:
+    """Spoken texts of the train-split items of each task in ``parts`` (questions only: no answer is read)."""
+    from evalsuite.tasks import load_task
+    from xopd.world.parts import items_of_part
+
+    out: dict[str, list[str]] = {}
+    for name in tasks:
+        task = load_task(name, split="train")
+        items = [it for part in parts for it in items_of_part(task, part)]
+        if items_per_task and items_per_task < len(items):
+            items = random.Random(f"{seed}:items:{name}").sample(items, items_per_task)
+        out[name] = [task.render_spoken(it) for it in items]
+    return out
+
+
+def eval_texts(tasks: list[str], limit: int, seed: int) -> list[tuple[str, str]]:
+    """(task, spoken text) of the validation items used for repeat-WER."""
+    from evalsuite.tasks import load_task
+
+    out = []
+    for name in tasks:
+        task = load_task(name, split="validation", limit=limit, seed=seed)
+        out += [(name, task.render_spoken(it)) for it in task.items]
+    return out
+
+
+class Clips:
+    """(text, voice) -> audio (the cached TTS render) -> encoder states (the disk cache)."""
+
+    def __init__(self, cache: EncoderCache) -> None:
+        self.cache = cache
+
+    def audio(self, text: str, voice: Any) -> np.ndarray:
+        from evalsuite.speech import render_array
+
+        return render_array(text, voice)
+
+    def states(self, pairs: list[tuple[str, Any]]) -> list[Tensor]:
+        return self.cache.get_many([self.audio(t, v) for t, v in pairs])
+
+
+# --------------------------------------------------------------------------------------------- checkpoints
+
+
+def lr_at(step: int, args: argparse.Namespace) -> float:
+    return args.lr * min(1.0, step / max(1, args.warmup))
+
+
+def save(out: Path, step: int, core: Any, optimizer: Any, sampler: Any, cfg: dict[str, Any]) -> None:
+    """``step-NNNNNN/trainable.safetensors`` first, then ``state.pt`` naming it, each atomically: a kill at
+    any moment leaves the previous complete checkpoint as the one a rerun resumes from."""
+    from safetensors.torch import save_file
+
+    final, tmp = out / f"step-{step:06d}", out / f".tmp-step-{step:06d}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    save_file(trainable_state(core), str(tmp / "trainable.safetensors"), metadata={"format": "pt"})
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(tmp, final)
+    state = {"step": step, "checkpoint": final.name, "optimizer": optimizer.state_dict(),
+             "torch_rng": torch.get_rng_state(), "data": sampler.state(), "config": cfg}
+    torch.save(state, out / "state.pt.tmp")
+    os.replace(out / "state.pt.tmp", out / "state.pt")
+
+
+def load_trainable(core: Any, path: Path) -> None:
+    from safetensors.torch import load_file
+
+    weights = load_file(str(path))
+    params = {n: p for n, p in core.named_parameters() if p.requires_grad}
+    if set(weights) != set(params):
+        raise SystemExit(f"{path} holds {sorted(set(weights) ^ set(params))[:5]} that do not fit the model")
+    with torch.no_grad():
+        for n, p in params.items():
+            p.copy_(weights[n])
+
+
+def resume(out: Path, core: Any, optimizer: Any, sampler: Any, cfg: dict[str, Any]) -> int:
+    path = out / "state.pt"
+    if not path.exists():
+        return 0
+    state = torch.load(path, weights_only=True)
+    changed = {k: (state["config"].get(k), cfg[k]) for k in RUN_KEYS if state["config"].get(k) != cfg[k]}
+    if changed:
+        raise SystemExit(f"{out} holds a run with other settings {changed} (was, now): use a new --out")
+    load_trainable(core, out / state["checkpoint"] / "trainable.safetensors")
+    optimizer.load_state_dict(state["optimizer"])
+    torch.set_rng_state(state["torch_rng"])
+    sampler.load(state["data"])
+    return int(state["step"])
+
+
+def export_student(adapter: Any, out_dir: Path, meta: dict[str, Any]) -> Path:
+    """The aligned student as a Qwen2-Audio model folder (released key layout, processor, generation config),
+    written atomically. An encoder LoRA is merged into the encoder weights first."""
+    from peft.tuners.lora import LoraLayer
+
+    from xopd.models import export_pretrained
+    from xopd.paths import atomic_dir
+
+    core = adapter.core
+    lora_modules = [(n, m) for n, m in core.named_modules() if isinstance(m, LoraLayer)]
+    if lora_modules:  # W + (alpha / r) B A into a fresh model (merge() + unmerge() would not restore W)
+        import copy
+
+        with torch.no_grad():
+            merged = {k: v.clone() for k, v in core.state_dict().items() if "lora_" not in k}
+            for name, module in lora_modules:
+                merged[f"{name}.base_layer.weight"] += module.get_delta_weight("default")
+        merged = {k.replace(".base_layer.", "."): v for k, v in merged.items()}
+        fresh = type(core)(core.config)
+        fresh.load_state_dict(merged)
+        adapter = copy.copy(adapter)
+        adapter.model = adapter.core = fresh.eval()
+    with atomic_dir(out_dir) as tmp:
+        export_pretrained(adapter, tmp)
+        (tmp / "xopd_world.json").write_text(json.dumps(meta, indent=2) + "\n")
+    return out_dir
+
+
+# --------------------------------------------------------------------------------------------- eval
+
+
+def validate(core: Any, adapter: Any, prompt: RepeatPrompt, clips: Clips, val: list[tuple[str, str]],
+             voices: list[Any], batch_size: int, max_new_tokens: int) -> dict[str, Any]:
+    """Per voice: repeat-WER of greedy decodes against the spoken text (``evalsuite.textnorm.corpus_wer``,
+    overall and per task) and the teacher-forced loss on the target tokens."""
+    from evalsuite.textnorm import corpus_wer
+
+    result: dict[str, Any] = {"wer": {}, "wer_by_task": {}, "loss": {}, "examples": {}}
+    for voice in voices:
+        refs, hyps, tasks, nll, ntok = [], [], [], 0.0, 0
+        for start in range(0, len(val), batch_size):
+            chunk = val[start : start + batch_size]
+            states = clips.states([(text, voice) for _, text in chunk])
+            targets = [target_ids(adapter, text) for _, text in chunk]
+            rows = [(prompt.ids(int(s.shape[0])), t) for s, t in zip(states, targets)]
+            with torch.no_grad():
+                ids, mask, labels = collate(rows, adapter.pad_id)
+                nll += float(repeat_loss(core, ids, mask, labels, states, reduction="sum"))
+                ntok += int((labels != -100).sum())
+            budget = min(max_new_tokens, max(len(t) for t in targets) + 16)
+            hyps += greedy_repeat(core, adapter, prompt, states, budget)
+            refs += [text for _, text in chunk]
+            tasks += [name for name, _ in chunk]
+        result["wer"][voice.name] = corpus_wer(refs, hyps)
+        result["wer_by_task"][voice.name] = {
+            t: corpus_wer([r for r, n in zip(refs, tasks) if n == t],
+                          [h for h, n in zip(hyps, tasks) if n == t])
+            for t in dict.fromkeys(tasks)
+        }
+        result["loss"][voice.name] = nll / max(1, ntok)
+        result["examples"][voice.name] = [{"ref": r, "hyp": h} for r, h in list(zip(refs, hyps))[:3]]
+    return result
+
+
+def log_eval(out: Path, step: int, result: dict[str, Any], elapsed: float) -> None:
+    with open(out / "eval.jsonl", "a") as f:
+        f.write(json.dumps({"step": step, **result, "elapsed_s": round(elapsed, 1)}) + "\n")
+    parts = " | ".join(f"{v}: WER {result['wer'][v]:.3f} loss {result['loss'][v]:.3f}" for v in result["wer"])
+    print(f"eval step {step}: {parts}", flush=True)
+
+
+# --------------------------------------------------------------------------------------------- main
+
+
+def _plan(sampler: Any, step: int, batch_size: int, voices: list[Any], seed: int
+          ) -> list[tuple[str, int, Any]]:
+    return [(name, i, voice_for(voices, seed, step, slot))
+            for slot, (name, i) in enumerate(sampler.next(batch_size))]
+
+
+def prefill(clips: Clips, sampler: Any, first_step: int, args: argparse.Namespace, voices: list[Any],
+            texts: dict[str, list[str]], val: list[tuple[str, str]], eval_voices: list[Any]) -> None:
+    """Render + encode every clip that steps ``first_step..max_steps`` and validation will read (a copy of
+    the sampler is walked, so the real one does not move). Resumable: cached clips are skipped."""
+    from xopd.world.tune_teacher import Sampler
+
+    walk = Sampler(sampler.sizes, sampler.seed)
+    walk.load(sampler.state())
+    pairs: dict[tuple[str, str], Any] = {}
+    for _, text in val:
+        for v in eval_voices:
+            pairs.setdefault((text, v.name), v)
+    for step in range(first_step, args.max_steps + 1):
+        for name, i, v in _plan(walk, step, args.batch_size, voices, args.seed):
+            pairs.setdefault((texts[name][i], v.name), v)
+    print(f"prefill: {len(pairs)} distinct clips (validation + steps {first_step}..{args.max_steps})",
+          flush=True)
+    got = clips.cache.fill((clips.audio(t, v) for (t, _), v in pairs.items()), total=len(pairs),
+                           progress=not args.no_progress, desc="render + encode")
+    print(f"prefill: {got['encoded']} encoded, {got['skipped']} already cached", flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    train(parse_args(argv), argv)
+    return 0
+
+
+def train(args: argparse.Namespace, argv: list[str] | None = None) -> dict[str, Any]:
+    """The whole run (see the module docstring); returns ``{"adapter", "losses": {step: loss}, "step",
+    "cache"}`` (the :class:`EncoderCache`, with its hit and miss counts)."""
+    torch.set_num_threads(args.threads)
+    try:
+        torch.set_num_interop_threads(1)
+    except RuntimeError:
+        pass
+    from evalsuite.speech import parse_variants
+    from xopd.world.parts import PARTS
+    from xopd.world.tune_teacher import Sampler
+
+    voices = parse_variants(args.voices)
+    eval_voices = parse_variants(args.eval_voices)
+    leaked = [v.name for v in voices if v.name in HELD_OUT_VOICES]
+    if leaked:
+        raise SystemExit(f"--voices {','.join(leaked)}: held out for validation, never trained on")
+    parts = [p.strip() for p in args.parts.split(",") if p.strip()]
+    if not parts or any(p not in PARTS for p in parts):
+        raise SystemExit(f"--parts {args.parts!r}: a comma-separated subset of {', '.join(PARTS)}")
+    tasks = [n.strip() for n in args.tasks.split(",") if n.strip()]
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    if argv is not None:
+        with open(out / "command.txt", "a") as f:
+            f.write(shlex.join(["python", "-m", "xopd.world.align", *argv]) + "\n")
+    cfg = {k: getattr(args, k) for k in RUN_KEYS}
+    t_start = time.time()
+
+    adapter = build_student(args.base, args.llm, args.llm_adapter)
+    core = adapter.core
+    names = setup_trainable(core, args.encoder_lora, args.encoder_lora_alpha, args.seed)
+    params = [p for n, p in core.named_parameters() if p.requires_grad]
+    llm = f"{args.llm} + {args.llm_adapter}" if args.llm_adapter else "(the base's)"
+    what = "projector + encoder LoRA" if args.encoder_lora else "projector"
+    print(f"student: {args.base}, LLM {llm}; trainable {sum(p.numel() for p in params):,} parameters in "
+          f"{len(names)} tensors ({what})", flush=True)
+    cache = EncoderCache(core.model.audio_tower, adapter.feature_extractor, root=args.cache_dir,
+                         dtype=args.cache_dtype)
+    clips = Clips(cache)
+    prompt = RepeatPrompt(adapter)
+    texts = train_texts(tasks, parts, args.items_per_task, args.seed)
+    val = eval_texts(tasks, args.eval_limit, args.seed)
+    sizes = ", ".join(f"{n}={len(v)}" for n, v in texts.items())
+    print(f"data (train split, parts {'+'.join(parts)}): {sizes}; voices {','.join(v.name for v in voices)}; "
+          f"validation {len(val)} clips x {','.join(v.name for v in eval_voices)}; encoder cache {cache.dir}",
+          flush=True)
+
+    optimizer = torch.optim.AdamW(params, lr=args.lr, weight_decay=args.weight_decay)
+    sampler = Sampler({n: len(v) for n, v in texts.items()}, args.seed)
+    step = resume(out, core, optimizer, sampler, cfg)
+    if step:
+        print(f"resuming after step {step}", flush=True)
+    if args.prefill_only:
+        prefill(clips, sampler, step + 1, args, voices, texts, val, eval_voices)
+        return {"adapter": adapter, "losses": {}, "step": step, "cache": cache}
+
+    def run_eval(at: int) -> None:
+        result = validate(core, adapter, prompt, clips, val, eval_voices, args.eval_batch_size,
+                          args.eval_max_new_tokens)
+        log_eval(out, at, result, time.time() - t_start)
+
+    if not step and args.eval_every > 0:
+        run_eval(0)
+
+    def encoder_states(pairs: list[tuple[str, Any]]) -> list[Tensor]:
+        if not args.encoder_lora:
+            return clips.states(pairs)
+        feats, mask = audio_features(adapter.feature_extractor, [clips.audio(t, v) for t, v in pairs])
+        return encode_features(core.model.audio_tower, feats, mask)
+
+    deadline = t_start + args.max_minutes * 60 if args.max_minutes else math.inf
+    t0, steps_here, window_loss, window_n, t_data, t_train, saved = time.time(), 0, 0.0, 0, 0.0, 0.0, step
+    losses: dict[int, float] = {}
+    while step < args.max_steps:
+        step += 1
+        t_a = time.time()
+        plan = _plan(sampler, step, args.batch_size, voices, args.seed)
+        pairs = [(texts[name][i], v) for name, i, v in plan]
+        states = encoder_states(pairs)
+        rows = [(prompt.ids(int(s.shape[0])), target_ids(adapter, t)) for s, (t, _) in zip(states, pairs)]
+        ids, mask, labels = collate(rows, adapter.pad_id)
+        t_b = time.time()
+        for g in optimizer.param_groups:
+            g["lr"] = lr_at(step, args)
+        loss = repeat_loss(core, ids, mask, labels, states)
+        loss.backward()
+        if args.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(params, args.grad_clip)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        t_data, t_train = t_data + (t_b - t_a), t_train + (time.time() - t_b)
+        steps_here += 1
+        losses[step] = loss.item()
+        window_loss, window_n = window_loss + losses[step], window_n + 1
+        if step % args.log_every == 0 or step == args.max_steps:
+            per_step = (time.time() - t0) / steps_here
+            print(f"step {step:5d} | loss {window_loss / window_n:.4f} | lr {lr_at(step, args):.2e} | "
+                  f"{per_step:.2f} s/step (train {t_train / steps_here:.2f}, data {t_data / steps_here:.2f})"
+                  f" | cache {cache.hits} hit {cache.misses} miss"
+                  f" | eta {(args.max_steps - step) * per_step / 60:.1f} min",
+                  flush=True)
+            window_loss, window_n = 0.0, 0
+        if args.eval_every > 0 and (step % args.eval_every == 0 or step == args.max_steps):
+            run_eval(step)
+        if step % args.save_every == 0 or step == args.max_steps:
+            save(out, step, core, optimizer, sampler, cfg)
+            saved = step
+        if time.time() > deadline:
+            print(f"--max-minutes {args.max_minutes} reached after step {step}", flush=True)
+            break
+    if saved != step:
+        save(out, step, core, optimizer, sampler, cfg)
+    if step >= args.max_steps and not args.no_export:
+        meta = {"base": args.base, "llm": args.llm, "llm_adapter": args.llm_adapter, "aligned_steps": step,
+                "objective": "repeat", "repeat_prompt": REPEAT_PROMPT, "voices": [v.name for v in voices]}
+        path = export_student(adapter, out / "student", meta)
+        print(f"exported the aligned student to {path}", flush=True)
+    last = out / f"step-{step:06d}"
+    print(f"stopped at step {step}; checkpoint {last}; rerun the same command to continue", flush=True)
+    return {"adapter": adapter, "losses": losses, "step": step, "cache": cache}
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
