@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from analysis import DEFAULT_THRESHOLD
+from xopd.rollout_schema import ROLLOUT_LOG, rollout_line
 
 SUMMARY_VERSION = 1
 
@@ -138,8 +139,7 @@ def from_models(args: argparse.Namespace) -> int:
         system=args.system,
         log=_log,
     )
-    lines = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
-    atomic_write_text(out / "rollouts.jsonl", lines)
+    atomic_write_text(out / ROLLOUT_LOG, "".join(rollout_line(r) for r in records))  # the one log format
     table = token_table(records, topk=False)
     config = {k: getattr(args, k) for k in ("model", "teacher", "limit", "n", "max_new_tokens", "temperature",
                                              "variant", "seed", "topk", "dtype")}

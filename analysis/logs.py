@@ -1,12 +1,11 @@
 """Lazy, safe, read-only access to a trainer output directory and its rollout log.
 
-:class:`RolloutLog` indexes ``rollouts.jsonl`` (schema in :mod:`xopd.rolloutlog`) without parsing the
-per-token arrays: the trainer writes every key in a fixed order with ``"tokens"`` last, so the header of a
-line is the bytes before its first ``, "tokens": `` (that sequence cannot occur inside a JSON string, where
-every quote is escaped). The file is scanned through ``mmap`` for newlines, each header is parsed, and a
-record is read in full only when asked for (:meth:`RolloutLog.read`), by byte offset. Bad lines (truncated,
-not JSON, wrong schema) become human-readable ``problems`` and are skipped: a log the trainer is still
-writing opens fine.
+:class:`RolloutLog` indexes ``rollouts.jsonl`` (schema, writer and header parser in
+:mod:`xopd.rollout_schema`) without parsing the per-token arrays: the file is scanned through ``mmap`` for
+newlines, each line's header is read by :func:`~xopd.rollout_schema.parse_header` (only the bytes before
+``"tokens"`` for a line in the writer's layout, the whole line otherwise), and a record is read in full only
+when asked for (:meth:`RolloutLog.read`), by byte offset. Bad lines (truncated, not JSON, wrong schema) become
+human-readable ``problems`` and are skipped: a log the trainer is still writing opens fine.
 
 :class:`RunDir` is the view of a whole run directory the explorer and ``xopd-eval divergence --logdir`` use.
 Every path it opens goes through :func:`resolve_inside`, so nothing outside the directory is ever read (a
@@ -26,11 +25,17 @@ from typing import Any
 
 import yaml
 
-SCHEMA_VERSION = 1  # the rollout-log schema this reader knows (xopd.rolloutlog.SCHEMA_VERSION)
-_TOKENS_KEY = b', "tokens": '
-# per-token arrays every record has / may have (the entropies are optional, newer trainers write them)
-REQUIRED_ARRAYS = ("id", "piece", "student_lp", "teacher_lp", "advantage")
-OPTIONAL_ARRAYS = ("sampler_lp", "student_entropy", "teacher_entropy")
+from xopd.rollout_schema import (
+    OPTIONAL_ARRAYS,
+    REQUIRED_ARRAYS,
+    REQUIRED_KEYS,
+    ROLLOUT_LOG,
+    SCHEMA_VERSION,
+    TOKENS,
+    TOPK,
+    TOPK_PARTS,
+    parse_header,
+)
 
 
 class LogError(ValueError):
@@ -67,23 +72,29 @@ def _is_num(x: Any) -> bool:
     return isinstance(x, int | float) and not isinstance(x, bool)
 
 
+# the value check of each REQUIRED_KEYS field of the header (tests pin that every one has a check)
+_HEADER_CHECKS = {
+    "step": _is_int,
+    "kind": lambda v: isinstance(v, str),
+    "prompt_id": lambda v: isinstance(v, str),
+    "modality": lambda v: isinstance(v, str),
+    "sample": _is_int,
+    "num_tokens": lambda v: _is_int(v) and v >= 0,
+    "reverse_kl": lambda v: v is None or _is_num(v),
+    "finished": lambda v: isinstance(v, bool),
+}
+
+
 def _entry_from_header(head: Any, line: int, offset: int, length: int) -> LogEntry:
     """The :class:`LogEntry` of a parsed header; ValueError says which field is wrong."""
     if not isinstance(head, dict):
         raise ValueError(f"not a JSON object but {type(head).__name__}")
     if head.get("schema") != SCHEMA_VERSION:
         raise ValueError(f"schema {head.get('schema')!r}, this reader knows schema {SCHEMA_VERSION}")
-    checks = {
-        "step": _is_int,
-        "kind": lambda v: isinstance(v, str),
-        "prompt_id": lambda v: isinstance(v, str),
-        "modality": lambda v: isinstance(v, str),
-        "sample": _is_int,
-        "num_tokens": lambda v: _is_int(v) and v >= 0,
-        "reverse_kl": lambda v: v is None or _is_num(v),
-        "finished": lambda v: isinstance(v, bool),
-    }
-    for key, ok in checks.items():
+    for key in REQUIRED_KEYS:
+        if key in ("schema", TOKENS):
+            continue  # checked above / by check_record (the header has no tokens)
+        ok = _HEADER_CHECKS[key]
         if key not in head:
             raise ValueError(f"no {key!r} field")
         if not ok(head[key]):
@@ -104,20 +115,6 @@ def _entry_from_header(head: Any, line: int, offset: int, length: int) -> LogEnt
     )
 
 
-def _parse_header(raw: bytes) -> Any:
-    """The record without ``tokens``: parse the bytes before ``, "tokens": ``; else the whole line."""
-    cut = raw.find(_TOKENS_KEY)
-    if cut > 0:
-        try:
-            return json.loads(raw[:cut] + b"}")
-        except ValueError:
-            pass  # not the trainer's layout after all: fall back to a full parse
-    rec = json.loads(raw)
-    if isinstance(rec, dict):
-        rec.pop("tokens", None)
-    return rec
-
-
 def check_record(rec: Any, where: str) -> dict[str, Any]:
     """``rec`` if it is a schema-1 rollout record with consistent token arrays, else :class:`LogError`."""
     try:
@@ -125,9 +122,9 @@ def check_record(rec: Any, where: str) -> dict[str, Any]:
     except ValueError as exc:
         raise LogError(f"{where}: {exc}") from None
     t = rec["num_tokens"]
-    tokens = rec.get("tokens")
+    tokens = rec.get(TOKENS)
     if not isinstance(tokens, dict):
-        raise LogError(f"{where}: no 'tokens' object")
+        raise LogError(f"{where}: no {TOKENS!r} object")
     for key in REQUIRED_ARRAYS + OPTIONAL_ARRAYS:
         if key not in tokens or (key in OPTIONAL_ARRAYS and tokens[key] is None):
             if key in REQUIRED_ARRAYS:
@@ -137,14 +134,14 @@ def check_record(rec: Any, where: str) -> dict[str, Any]:
         if not isinstance(arr, list) or len(arr) != t:
             n = len(arr) if isinstance(arr, list) else type(arr).__name__
             raise LogError(f"{where}: tokens.{key} has {n} values for num_tokens={t}")
-    topk = tokens.get("teacher_topk")
+    topk = tokens.get(TOPK)
     if topk is not None:
-        parts = ("id", "piece", "lp")
-        if not isinstance(topk, dict) or any(not isinstance(topk.get(k), list) for k in parts):
-            raise LogError(f"{where}: tokens.teacher_topk must hold 'id', 'piece' and 'lp' lists")
-        for k in parts:
+        if not isinstance(topk, dict) or any(not isinstance(topk.get(k), list) for k in TOPK_PARTS):
+            parts = ", ".join(map(repr, TOPK_PARTS[:-1])) + f" and {TOPK_PARTS[-1]!r}"
+            raise LogError(f"{where}: tokens.{TOPK} must hold {parts} lists")
+        for k in TOPK_PARTS:
             if len(topk[k]) != t:
-                raise LogError(f"{where}: tokens.teacher_topk.{k} has {len(topk[k])} rows for {t} tokens")
+                raise LogError(f"{where}: tokens.{TOPK}.{k} has {len(topk[k])} rows for {t} tokens")
     return rec
 
 
@@ -196,7 +193,7 @@ class RolloutLog:
                             problems.append(f"{where}: truncated (the run may still be writing it)")
                             continue
                     try:
-                        head = _parse_header(raw)
+                        head = parse_header(raw)
                     except ValueError as exc:
                         problems.append(f"{where}: not JSON: {exc}")
                         continue
@@ -357,7 +354,7 @@ class RunDir:
 
     def rollouts(self) -> RolloutLog | None:
         """The indexed rollout log; None when the directory has no ``rollouts.jsonl``."""
-        path = self._file("rollouts.jsonl")
+        path = self._file(ROLLOUT_LOG)
         return None if path is None else RolloutLog.open(path)
 
     def metrics(self) -> tuple[list[dict[str, Any]], list[str]]:

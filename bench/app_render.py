@@ -36,6 +36,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from xopd.rollout_schema import rollout_line
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 DEFAULT_OUTPUT = ROOT / "bench" / "results" / "app_render.json"
@@ -102,13 +104,13 @@ def write_log(path: Path, tok: Any, rollouts: int, rng: random.Random) -> dict[s
     with open(path, "w", encoding="utf-8") as fh:
         for i in range(rollouts):
             if i == rollouts // 2:
-                fh.write(json.dumps(long, ensure_ascii=False) + "\n")
+                fh.write(rollout_line(long))
                 continue
             body = bodies[i % len(bodies)]
             # 16 rollouts per step: 4 prompts x 2 modalities x 2 samples, the trainer's key order kept
             rec = dict(body, step=i // 16 + 1, prompt_id=f"arithmetic/synthetic/{(i // 4) % 4:04d}",
                        modality=("text", "speech")[(i // 2) % 2], sample=i % 2)
-            fh.write(json.dumps(rec, ensure_ascii=False) + "\n")
+            fh.write(rollout_line(rec))
     return long_key
 
 

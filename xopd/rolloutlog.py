@@ -1,44 +1,11 @@
-"""The per-step rollout log (``<output_dir>/rollouts.jsonl``): every sampled token, as both models saw it.
+"""The per-step rollout log (``<output_dir>/rollouts.jsonl``): building its records; append-only JSONL logs.
 
-Schema (version 1). One JSON object per line, one line per rollout; all lines of a step are appended in one
-write followed by fsync, after that step's optimizer update:
-
-=================  ========================================================================================
-``schema``         1
-``step``           optimizer step (1-based) whose batch this rollout belongs to
-``kind``           ``loss.kind``: ``xopd`` | ``gkd`` (student samples) | ``sft`` (reference answers) |
-                   ``offline_kd`` (teacher samples): the scored sequence is what that kind trains on
-``prompt_id``      pair id, e.g. ``sums/00042``
-``modality``       ``text`` (in-modal: the student read the question) | ``speech`` (cross-modal: it heard it)
-``sample``         index of this rollout among the prompt's samples in this modality (0 .. n-1)
-``prompt_text``    the text version's user message (what the teacher always reads)
-``spoken_text``    the words spoken in the speech version (speech rows; null for a recording / text rows)
-``audio_path``     the WAV the student heard, copied into the output directory: a path relative to it,
-                   ``audio/<content hash>.wav`` (speech rows; null for text rows)
-``variant``        TTS variant of that audio (speech rows), else null
-``completion``     the decoded completion (special tokens kept, e.g. a final ``<|im_end|>``)
-``finished``       true when the completion ended with an EOS id (false: cut by max_new_tokens)
-``num_tokens``     T, the number of completion tokens (EOS included)
-``reverse_kl``     mean over the T tokens of ``student_lp - teacher_lp`` (sampled-token reverse-KL estimate)
-``tokens``         per-token arrays, each of length T, aligned by position:
-``.id``            token id (the same id the student sampled and the teacher scored)
-``.piece``         text of the token; the pieces concatenate to ``completion``. A multi-byte character split
-                   across tokens goes whole to the token that completes it (the others get ``""``)
-``.student_lp``    log pi_student(token | student prompt, earlier tokens), over the shared vocabulary
-``.teacher_lp``    log pi_teacher(token | teacher's own text prompt, earlier tokens)
-``.sampler_lp``    log-prob under the distribution it was sampled from (temperature / top-p / banned ids);
-                   null for sequences the student did not sample (sft, offline_kd)
-``.advantage``     the per-token signal of the loss. xopd: ``teacher_lp - student_lp`` (PowerOPD's bounded
-                   reward with ``loss.reward: power``); other kinds: ``teacher_lp - student_lp``
-``.student_entropy`` / ``.teacher_entropy``  entropy (nats) of each model's next-token distribution over the
-                   shared vocabulary at that position (optional: written by the trainer, absent in older logs)
-``.teacher_topk``  the teacher's k likeliest tokens at each position: ``{"id": [[k ids] x T], "piece":
-                   [[k pieces] x T], "lp": [[k log-probs] x T]}`` (k = ``logging.topk``; absent when 0)
-=================  ========================================================================================
-
-Log-probs are natural logs rounded to 5 decimals. Where the positions come from: ``student_lp[t]`` and
-``teacher_lp[t]`` are read from the logits at position ``t - 1`` of each model's own input (prompt + the same
-completion ids), i.e. they are the probabilities of *predicting* token ``t``.
+The schema -- every field and its meaning, the version, the writer that turns a record into its line with
+``"tokens"`` last, and the header parser readers use -- lives in :mod:`xopd.rollout_schema` (torch-free,
+shared with :mod:`analysis.logs`). This module builds the records (:func:`rollout_record`, which needs the
+tokenizer for the token pieces) and copies the audio they refer to. All lines of a step are appended in one
+write followed by fsync, after that step's optimizer update; a :class:`StepLog` whose file is
+``rollouts.jsonl`` writes each record through :func:`xopd.rollout_schema.rollout_line`.
 
 Resume: a checkpoint stores each log's byte size after its step; resuming truncates the file to that size
 (falling back to dropping every record whose ``step`` is later than the checkpoint's), so a killed run leaves
@@ -50,22 +17,42 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from xopd.paths import atomic_write_bytes
+from xopd.rollout_schema import LP_DIGITS, ROLLOUT_LOG, SCHEMA_VERSION, rollout_line
 
-SCHEMA_VERSION = 1
-_DIGITS = 5
+__all__ = [
+    "SCHEMA_VERSION",
+    "StepLog",
+    "copy_audio",
+    "json_line",
+    "read_records",
+    "rollout_line",
+    "rollout_record",
+    "token_pieces",
+]
+
+
+def json_line(record: Mapping[str, Any]) -> str:
+    """A record of a metrics / eval log as its JSON line (newline included), keys in the record's order."""
+    return json.dumps(record, ensure_ascii=False, allow_nan=True) + "\n"
 
 
 class StepLog:
-    """An append-only JSONL of records that carry a ``step``: batched append + fsync, truncation on resume."""
+    """An append-only JSONL of records that carry a ``step``: batched append + fsync, truncation on resume.
 
-    def __init__(self, path: str | Path) -> None:
+    ``encode`` turns a record into its line; by default :func:`~xopd.rollout_schema.rollout_line` for the
+    rollout log (a file named ``rollouts.jsonl``: the schema's layout, ``"tokens"`` last) and
+    :func:`json_line` for any other log.
+    """
+
+    def __init__(self, path: str | Path, encode: Callable[[Mapping[str, Any]], str] | None = None) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.encode = encode or (rollout_line if self.path.name == ROLLOUT_LOG else json_line)
 
     def size(self) -> int:
         return self.path.stat().st_size if self.path.exists() else 0
@@ -74,9 +61,7 @@ class StepLog:
         """Append ``records`` in one write, then flush and fsync: a crash leaves at most one partial line."""
         if not records:
             return
-        data = "".join(json.dumps(r, ensure_ascii=False, allow_nan=True) + "\n" for r in records).encode(
-            "utf-8"
-        )
+        data = "".join(self.encode(r) for r in records).encode("utf-8")
         with open(self.path, "ab") as fh:
             fh.write(data)
             fh.flush()
@@ -97,7 +82,7 @@ class StepLog:
         kept = [r for r in read_records(self.path) if int(r.get("step", 0)) <= step]
         tmp = self.path.with_name(f".{self.path.name}.tmp")
         with open(tmp, "wb") as fh:
-            fh.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in kept).encode("utf-8"))
+            fh.write("".join(self.encode(r) for r in kept).encode("utf-8"))
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, self.path)
@@ -185,7 +170,7 @@ def copy_audio(out_dir: str | Path, path: str | None, done: dict[str, str] | Non
 
 
 def _r(x: float | None) -> float | None:
-    return None if x is None else round(float(x), _DIGITS)
+    return None if x is None else round(float(x), LP_DIGITS)
 
 
 def rollout_record(
@@ -211,7 +196,8 @@ def rollout_record(
     student_entropy: Sequence[float] | None = None,
     teacher_entropy: Sequence[float] | None = None,
 ) -> dict[str, Any]:
-    """One rollout-log line (see the module docstring for every field)."""
+    """One rollout record, keys in :data:`~xopd.rollout_schema.RECORD_KEYS` order (every field is described in
+    :mod:`xopd.rollout_schema`); :func:`~xopd.rollout_schema.rollout_line` turns it into its line."""
     t = len(token_ids)
     for name, seq in (("student_lp", student_lp), ("teacher_lp", teacher_lp), ("advantage", advantage)):
         if len(seq) != t:
