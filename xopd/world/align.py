@@ -60,6 +60,7 @@ import torch
 from torch import Tensor
 
 from xopd.world.encoder_cache import EncoderCache, audio_features, encode_features
+from xopd.world.tune_teacher import collate  # one right-padded (prompt, target) collation for both recipes
 
 REPEAT_PROMPT = "Repeat exactly what was said."
 HELD_OUT_VOICES = ("flite-kal",)  # never trained on: validation only
@@ -252,20 +253,6 @@ def lm_hidden(core: Any, input_ids: Tensor, attention_mask: Tensor, audio_states
     positions = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
     out = core.model(inputs_embeds=embeds, attention_mask=attention_mask, position_ids=positions)
     return out.last_hidden_state
-
-
-def collate(rows: list[tuple[list[int], list[int]]], pad: int) -> tuple[Tensor, Tensor, Tensor]:
-    """Right-padded ``(ids, attention mask, labels)``; labels are -100 except on the target tokens."""
-    width = max(len(p) + len(t) for p, t in rows)
-    ids = torch.full((len(rows), width), pad, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    labels = torch.full((len(rows), width), -100, dtype=torch.long)
-    for i, (p, t) in enumerate(rows):
-        n = len(p) + len(t)
-        ids[i, :n] = torch.tensor(p + t)
-        mask[i, :n] = 1
-        labels[i, len(p) : n] = torch.tensor(t)
-    return ids, mask, labels
 
 
 def repeat_loss(core: Any, ids: Tensor, mask: Tensor, labels: Tensor, audio_states: list[Tensor],
