@@ -34,7 +34,9 @@ from xopd.world.parts import items_of_part
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 # Changing any of these changes the run: a resume with different values is refused.
 RUN_KEYS = ("model", "tasks", "part", "seed", "lr", "warmup", "batch_size", "lora_r", "lora_alpha",
-            "weight_decay", "grad_clip")
+            "weight_decay", "grad_clip", "task_weights", "schedule", "init_adapter")
+# Keys added after runs already existed: a state.pt without them ran with these values.
+RUN_KEY_DEFAULTS = {"task_weights": "", "schedule": "constant", "init_adapter": ""}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -45,7 +47,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--part", default="tune", help="part of the train split to learn from (xopd.world.parts)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--warmup", type=int, default=50, help="linear warmup steps, then constant lr")
+    p.add_argument("--warmup", type=int, default=50, help="linear warmup steps, then --schedule")
+    p.add_argument("--schedule", default="constant", choices=("constant", "linear"),
+                   help="after warmup: constant lr, or linear decay to 0 at --max-steps")
+    p.add_argument("--task-weights", default="",
+                   help="relative draw weight per task, e.g. sums=3,counting=3 (unnamed tasks: 1; default uniform)")
+    p.add_argument("--init-adapter", default="",
+                   help="start from this LoRA adapter folder (a step-NNNNNN/ of an earlier run) with a fresh "
+                        "optimizer: a second stage of the same tuning run, kept in its own --out")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--lora-r", type=int, default=16)
     p.add_argument("--lora-alpha", type=int, default=32)
@@ -75,11 +84,12 @@ def encode(backend: Any, task: Any, item: Any, eos: int) -> tuple[list[int], lis
 
 
 class Sampler:
-    """Balanced mixing: each example's task is drawn uniformly, then the next item of that task's shuffled
+    """Balanced mixing: each example's task is drawn uniformly (or by ``weights``), then the next item of that task's shuffled
     order (a new shuffle every epoch of that task). Its whole state is plain lists and ints."""
 
-    def __init__(self, sizes: dict[str, int], seed: int) -> None:
+    def __init__(self, sizes: dict[str, int], seed: int, weights: dict[str, float] | None = None) -> None:
         self.names, self.sizes, self.seed = sorted(sizes), sizes, seed
+        self.weights = [weights.get(n, 1.0) for n in self.names] if weights else None
         self.rng = random.Random(seed)
         self.cursor = {n: 0 for n in self.names}
         self.epoch = {n: 0 for n in self.names}
@@ -97,7 +107,8 @@ class Sampler:
     def next(self, n: int) -> list[tuple[str, int]]:
         out = []
         for _ in range(n):
-            name = self.rng.choice(self.names)
+            # uniform draws keep rng.choice: a run started before weights existed resumes bit for bit
+            name = self.rng.choices(self.names, self.weights)[0] if self.weights else self.rng.choice(self.names)
             out.append((name, self._perm(name)[self.cursor[name]]))
             self.cursor[name] += 1
             if self.cursor[name] == self.sizes[name]:
@@ -144,8 +155,27 @@ def answer_loss(model: Any, ids: torch.Tensor, mask: torch.Tensor, labels: torch
 
 
 def lr_at(step: int, args: argparse.Namespace) -> float:
-    """Linear warmup over ``--warmup`` steps, then constant."""
-    return args.lr * min(1.0, step / max(1, args.warmup))
+    """Linear warmup over ``--warmup`` steps, then constant or (``--schedule linear``) down to 0 at the last step."""
+    if step < args.warmup:
+        return args.lr * step / max(1, args.warmup)
+    if args.schedule == "linear":
+        return args.lr * max(0.0, (args.max_steps - step) / max(1, args.max_steps - args.warmup))
+    return args.lr
+
+
+def parse_weights(spec: str, names: list[str]) -> dict[str, float]:
+    """``sums=3,counting=2`` -> {"sums": 3.0, "counting": 2.0}; a name outside ``names`` or a weight <= 0 is an error."""
+    out: dict[str, float] = {}
+    for part in filter(None, (x.strip() for x in spec.split(","))):
+        name, sep, value = part.partition("=")
+        try:
+            weight = float(value) if sep else float("nan")
+        except ValueError:
+            weight = float("nan")
+        if name not in names or not weight > 0:
+            raise SystemExit(f"--task-weights: bad entry {part!r} (want task=weight > 0, tasks: {', '.join(names)})")
+        out[name] = weight
+    return out
 
 
 # --------------------------------------------------------------------------------------------- eval
@@ -204,7 +234,8 @@ def resume(out: Path, model: Any, optimizer: Any, sampler: Sampler, cfg: dict[st
     if not path.exists():
         return 0
     state = torch.load(path, weights_only=True)
-    changed = {k: (state["config"].get(k), cfg[k]) for k in RUN_KEYS if state["config"].get(k) != cfg[k]}
+    was = {k: state["config"].get(k, RUN_KEY_DEFAULTS.get(k)) for k in RUN_KEYS}
+    changed = {k: (was[k], cfg[k]) for k in RUN_KEYS if was[k] != cfg[k]}
     if changed:
         raise SystemExit(f"{out} holds a run with other settings {changed} (was, now): use a new --out")
     weights = load_file(str(out / state["checkpoint"] / "adapter_model.safetensors"))
@@ -245,6 +276,7 @@ def main(argv: list[str] | None = None) -> int:
     backend = HFBackend(args.model, batch_size=args.eval_batch_size, dtype="float32", device="cpu")
     eos = backend.stop_ids[0]  # the chat end-of-turn (<|im_end|> for SmolLM2): generation_config's first EOS
     names = [n.strip() for n in args.tasks.split(",") if n.strip()]
+    weights = parse_weights(args.task_weights, names)  # before the slow part: a typo fails at once
     data: dict[str, list[tuple[list[int], list[int]]]] = {}
     for name in names:
         task = load_task(name, split="train")
@@ -260,11 +292,21 @@ def main(argv: list[str] | None = None) -> int:
     lora = LoraConfig(r=args.lora_r, lora_alpha=args.lora_alpha, lora_dropout=0.0,
                       target_modules=list(LORA_TARGETS), task_type="CAUSAL_LM")
     model = get_peft_model(model, lora)
+    if args.init_adapter:  # stage two: the earlier stage's weights, then this run's own optimizer and data
+        from peft import set_peft_model_state_dict
+        from safetensors.torch import load_file
+
+        path = Path(args.init_adapter) / "adapter_model.safetensors"
+        if not path.exists():
+            raise SystemExit(f"--init-adapter: no adapter_model.safetensors in {args.init_adapter}")
+        result = set_peft_model_state_dict(model, load_file(str(path)))
+        if getattr(result, "unexpected_keys", None):
+            raise SystemExit(f"--init-adapter {args.init_adapter} does not fit the model: {result.unexpected_keys}")
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
     print(f"trainable parameters: {sum(p.numel() for p in params):,}", flush=True)
     optimizer = torch.optim.AdamW(params, lr=args.lr, weight_decay=args.weight_decay)
-    sampler = Sampler({n: len(v) for n, v in data.items()}, args.seed)
+    sampler = Sampler({n: len(v) for n, v in data.items()}, args.seed, weights)
     pad = backend.pad_id
 
     step = resume(out, model, optimizer, sampler, cfg)
