@@ -3,6 +3,7 @@
     xopd-eval gap                      # the embedded default: the zoo cascade on the default task mix
     xopd-eval gap --model Qwen/Qwen2-Audio-7B-Instruct --teacher Qwen/Qwen2-7B-Instruct --backend vllm
     xopd-eval forgetting --base B --model M
+    xopd-eval perception --model S    # the gap split into form, hearing and reasoning over speech
     xopd-eval gate --report new/report.json --baseline old/report.json --max-drop 0.02
     xopd-eval synth --tasks navigate --variants clean,noisy-10db --output speech-set/
     xopd-eval divergence --model S --teacher T --tasks arithmetic --output DIR   # or --logdir RUN
@@ -292,6 +293,53 @@ def _cmd_speech_check(args: argparse.Namespace) -> int:
     return 1 if report["problems"] else 0
 
 
+def _cmd_perception(args: argparse.Namespace) -> int:
+    from evalsuite.backends import make_backend
+    from evalsuite.backends.resolve import resolve_model
+    from evalsuite.cache import GenerationCache
+    from evalsuite.perception import format_perception_markdown, perception_report, run_perception
+    from evalsuite.reports import REPORT_VERSION, environment, write_json, write_jsonl
+    from evalsuite.speech import parse_variants
+    from evalsuite.speech_check import load_transcriber
+    from evalsuite.types import GenParams
+    from xopd.loading import ModelLoadError
+
+    t0 = time.perf_counter()
+    if resolve_model(args.model, trust_remote_code=args.trust_remote_code).kind != "speech":
+        raise ModelLoadError(f"model {args.model!r} is not a speech LLM: perception asks one model to hear, "
+                             "transcribe and answer (a cascade's transcript is Whisper's, not its own)")
+    tasks = _load_tasks(args)
+    variants = parse_variants(args.variants)
+    if len(variants) != 1:
+        raise ValueError(f"--variants {args.variants!r}: perception listens to one voice per run")
+    out = Path(args.output)
+    out.mkdir(parents=True, exist_ok=True)
+    transcribe = None if args.asr == "none" else load_transcriber(args.asr)  # fails before the engine starts
+    params = GenParams(max_new_tokens=args.max_new_tokens, temperature=args.temperature, seed=args.seed)
+    backend = make_backend(args.backend, args.model, **_backend_kwargs(args))
+    n = sum(len(t.items) for t in tasks)
+    bar = _progress_bar("perception", 5 * n)  # written, speech, transcript, words, heard
+    try:
+        result = run_perception(backend, tasks, variants[0], params=params, transcribe=transcribe,
+                                cache=GenerationCache(Path(args.cache) if args.cache else out / "cache.jsonl"),
+                                chunk_size=args.chunk_size, system_prompt=args.system_prompt, progress=bar.update)
+    finally:
+        bar.close()
+        backend.close()
+    report = perception_report(result, confidence=args.confidence, n_boot=args.n_boot, seed=args.seed)
+    report.update(version=REPORT_VERSION, environment=environment(), wall_time_s=round(time.perf_counter() - t0, 1),
+                  config=_config(args, args.model, params, backend) | {"variant": variants[0].name,
+                                                                        "asr": None if args.asr == "none" else args.asr})
+    rows = [s.as_dict() | {"way": way} for way, ss in result["samples"].items() for s in ss]
+    rows += [s.as_dict() | {"way": "transcript"} for s in result["transcripts"]]
+    rows += [{"task": t, "id": i, "way": "asr", "response": text} for (t, i), text in result["asr"].items()]
+    write_jsonl(out / "samples.jsonl", rows)
+    write_json(out / "report.json", report)
+    print(format_perception_markdown(report))
+    print(f"\nwall time {report['wall_time_s']} s; report {out / 'report.json'}, samples {out / 'samples.jsonl'}")
+    return 0
+
+
 def _cmd_divergence(args: argparse.Namespace) -> int:
     from analysis.divergence import run
 
@@ -336,6 +384,12 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--model", required=True)
     _add_run_args(f, output="artifacts/forgetting")
     f.set_defaults(fn=_cmd_forgetting)
+
+    pc = sub.add_parser("perception", help="the gap split into form, hearing and reasoning over speech")
+    pc.add_argument("--model", required=True, help="speech LLM")
+    pc.add_argument("--asr", default="whisper-tiny.en", help="ASR model whose WER is the reference ('none': skip)")
+    _add_run_args(pc, output="artifacts/perception")
+    pc.set_defaults(fn=_cmd_perception)
 
     gt = sub.add_parser("gate", help="exit 1 when a score dropped by more than --max-drop (one-sided bound)")
     gt.add_argument("--report", required=True)
@@ -388,7 +442,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if "backend" in vars(args) and args.fn in (_cmd_gap, _cmd_forgetting):
+    if "backend" in vars(args) and args.fn in (_cmd_gap, _cmd_forgetting, _cmd_perception):
         args.backend = resolve_backend(args.backend)
     # an unknown task, a malformed task file, a model that names nothing, a missing file: one line, exit 2
     return run_cli("xopd-eval", args.fn, args, expected=EVAL_ERRORS)

@@ -28,6 +28,9 @@ from typing import Any
 TEXT = "text"
 SPEECH = "speech"
 MODALITIES = (TEXT, SPEECH)
+# What a speech model is asked when it must say back what it heard: the forgetting report's ASR check, the
+# demo student's alignment objective and the perception check all use these words, so they measure one skill.
+TRANSCRIBE_INSTRUCTION = "Transcribe the audio exactly, word for word. Output only the transcript."
 SAMPLE_RATE = 16_000
 
 

@@ -13,8 +13,7 @@ import numpy as np
 
 from evalsuite.reports.gap import by_task_mode, mode_summary, paired_stats, paired_vectors, usable
 from evalsuite.run import Sample
-
-TRANSCRIBE_INSTRUCTION = "Transcribe the audio exactly, word for word. Output only the transcript."
+from xopd.prompting import TRANSCRIBE_INSTRUCTION  # noqa: F401 - re-exported: the CLI imports it from here
 
 
 def word_errors(references: Sequence[str], hypotheses: Sequence[str | None]) -> tuple[np.ndarray, np.ndarray]:

@@ -59,10 +59,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from xopd.prompting import TRANSCRIBE_INSTRUCTION
 from xopd.world.encoder_cache import EncoderCache, audio_features, encode_features
 from xopd.world.tune_teacher import collate  # one right-padded (prompt, target) collation for both recipes
 
-REPEAT_PROMPT = "Repeat exactly what was said."
+REPEAT_PROMPT = TRANSCRIBE_INSTRUCTION  # the words `xopd-eval perception` and `forgetting` ask with
 HELD_OUT_VOICES = ("flite-kal",)  # never trained on: validation only
 DEFAULT_VOICES = "hibari,hibari-slow,hibari-fast,flite-slt,flite-rms,flite-awb,clean"
 ENCODER_LORA_TARGETS = r"layers\.\d+\.(self_attn\.(q_proj|k_proj|v_proj|out_proj)|fc1|fc2)"
