@@ -6,7 +6,7 @@ export VLLM_CPU_OMP_THREADS_BIND ?= 0-1
 export VLLM_CPU_NUM_OF_RESERVED_CPU ?= 0
 export VLLM_CPU_KVCACHE_SPACE ?= 1
 
-.PHONY: setup demo test test-fast
+.PHONY: setup demo test test-fast reproduce-world
 setup:
 	@VENV=$(VENV) bash scripts/setup.sh
 
@@ -18,3 +18,7 @@ test: setup
 
 test-fast: setup
 	HF_HUB_OFFLINE=1 XOPD_OFFLINE=1 $(VENV)/bin/python -m pytest -q -m "not slow"
+
+# Rebuild the demo world (teacher tuning, alignment, packing, measurement) from scratch; resumable; hours of CPU.
+reproduce-world: setup
+	VENV=$(VENV) bash scripts/reproduce_world.sh
