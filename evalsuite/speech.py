@@ -317,24 +317,15 @@ def render_array(text: str, variant: Variant, *, cache_dir: Path | None = None) 
 def check_audio(audio: np.ndarray, sample_rate: int, *, source: str) -> np.ndarray:
     """Validate decoded audio (e.g. a hub dataset's array); return it as contiguous float32 mono.
 
-    ``source`` names the item or file in the error. Wrong rates are errors, not silent resampling.
+    ``source`` names the item or file in the error. Wrong rates are errors, not silent resampling. The checks
+    are :func:`xopd.audio.checked_audio`'s, the one validator the trainer and the backends use too.
     """
-    audio = np.asarray(audio)
-    if sample_rate != SAMPLE_RATE:
-        raise AudioError(
-            source, f"sample rate is {sample_rate} Hz, expected {SAMPLE_RATE} Hz (resample it first)"
-        )
-    if audio.ndim == 2 and 1 in audio.shape:  # (n, 1) or (1, n): one channel stored as 2-D
-        audio = audio.reshape(-1)
-    if audio.ndim != 1:
-        raise AudioError(source, f"audio has shape {audio.shape}: expected mono (one channel)")
-    if audio.size == 0:
-        raise AudioError(source, "audio is empty (0 samples)")
-    if not np.issubdtype(audio.dtype, np.floating):
-        raise AudioError(source, f"audio dtype is {audio.dtype}, expected floating-point samples")
-    if not np.isfinite(audio).all():
-        raise AudioError(source, f"audio has {int((~np.isfinite(audio)).sum())} non-finite samples (NaN/inf)")
-    return np.ascontiguousarray(audio, dtype=np.float32)
+    from xopd.audio import AudioFormatError, checked_audio
+
+    try:
+        return checked_audio(np.asarray(audio), sample_rate=sample_rate, squeeze=True)
+    except AudioFormatError as exc:
+        raise AudioError(source, str(exc)) from None
 
 
 def load_audio(path: str | os.PathLike) -> np.ndarray:

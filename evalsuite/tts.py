@@ -31,6 +31,8 @@ from pathlib import Path
 
 import numpy as np
 
+from xopd.audio import SAMPLE_RATE
+
 __all__ = [
     "DEFAULT_PIPER_VOICE",
     "FLITE_VOICES",
@@ -46,7 +48,6 @@ __all__ = [
     "piper_voice_files",
 ]
 
-SAMPLE_RATE = 16_000
 _INSTALL = "install them with `apt-get install espeak-ng sox`"
 
 

@@ -13,12 +13,12 @@ import numpy as np
 import torch
 from transformers import AutoProcessor, WhisperForConditionalGeneration
 
+from xopd.audio import SAMPLE_RATE
 from xopd.loading import ModelLoadError, checked_from_pretrained, load_text_lm, resolve_config
 
 PREFIX = "cascade:"
 DEFAULT_ASR = "whisper-tiny.en"
 DEFAULT_LLM = "smollm2-135m-instruct"
-SAMPLE_RATE = 16_000
 
 
 def is_cascade(name: str) -> bool:

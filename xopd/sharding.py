@@ -70,18 +70,11 @@ def launcher_reshard_after_forward() -> bool | None:
 
 def decoder_layers(adapter: ModelAdapter) -> list[nn.Module]:
     """The LLM's decoder layers (``<lm_prefix>.layers``), the units FSDP shards."""
-    prefix = adapter.family.lm_prefix
-    try:
-        layers = adapter.core.get_submodule(f"{prefix}.layers")
-    except AttributeError as err:
-        raise ValueError(
-            f"model {adapter.name!r}: no decoder layers at {prefix}.layers to shard with FSDP"
-        ) from err
-    return list(layers)
+    return adapter.decoder_layers()
 
 
 def is_layer_param(name: str, adapter: ModelAdapter) -> bool:
-    return name.startswith(f"{adapter.family.lm_prefix}.layers.")
+    return name.startswith(f"{adapter.lm_prefix}.layers.")
 
 
 def optimizer_groups(adapter: ModelAdapter) -> list[dict[str, Any]]:

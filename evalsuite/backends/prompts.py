@@ -17,8 +17,8 @@ from typing import Any
 import numpy as np
 
 from xopd import prompting
+from xopd.audio import SAMPLE_RATE, AudioFormatError, checked_audio  # noqa: F401 (SAMPLE_RATE: the backends')
 
-SAMPLE_RATE = prompting.SAMPLE_RATE
 ROLES = ("system", "user", "assistant")
 
 
@@ -27,21 +27,12 @@ class RequestError(ValueError):
 
 
 def check_audio(audio: Any, where: str) -> np.ndarray:
-    """A 16 kHz mono float array as float32, or a RequestError that says what is wrong with it."""
-    if not isinstance(audio, np.ndarray):
-        raise RequestError(
-            f"{where}: audio must be a numpy array of 16 kHz mono samples, got {type(audio).__name__}"
-        )
-    if audio.ndim != 1:
-        raise RequestError(f"{where}: audio must be mono (1-D), got shape {tuple(audio.shape)}")
-    if audio.size == 0:
-        raise RequestError(f"{where}: audio is empty")
-    if not np.issubdtype(audio.dtype, np.floating):
-        # Integer PCM would be read at the wrong scale (32767 instead of 1.0): refuse rather than guess.
-        raise RequestError(f"{where}: audio must be float samples in [-1, 1], got dtype {audio.dtype}")
-    if not np.all(np.isfinite(audio)):
-        raise RequestError(f"{where}: audio holds NaN or infinite samples")
-    return np.ascontiguousarray(audio, dtype=np.float32)
+    """A 16 kHz mono float array as float32, or a RequestError that says what is wrong with it
+    (:func:`xopd.audio.checked_audio`, the trainer's check)."""
+    try:
+        return checked_audio(audio)
+    except AudioFormatError as exc:
+        raise RequestError(f"{where}: {exc}") from None
 
 
 def iter_parts(messages: list[dict[str, Any]]) -> Iterator[tuple[int, dict[str, Any]]]:

@@ -45,7 +45,7 @@ def resolve_model(model_id: str, *, trust_remote_code: bool = False) -> ModelSpe
                 f"cascade LLM {llm!r} is a speech LLM ({config.model_type}); a text LLM is needed"
             )
         return ModelSpec(model_id, "cascade", path, config, asr_path=asr_path)
-    from xopd.models import resolve_model_name  # fixture:<key> -> the tiny test fixture's directory
+    from xopd.zoo import resolve_model_name  # fixture:<key> -> the tiny test fixture's directory
 
     path, config = resolve_config(resolve_model_name(model_id), trust_remote_code)
     family = speech_family(config)

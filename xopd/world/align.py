@@ -129,7 +129,7 @@ def build_student(base: str, llm: str | None = None, llm_adapter: str | None = N
     adapter = load_adapter(base, dtype="float32", device="cpu")
     if adapter.family.name != "qwen2_audio":
         raise SystemExit(f"{base}: alignment supports Qwen2-Audio-layout models, got {adapter.family.name}")
-    tower = adapter.core.model.audio_tower
+    tower = adapter.core.get_submodule(adapter.family.audio_encoder)
     if adapter.encoder_cache is not None:
         tower.__dict__.pop("forward", None)  # FrozenEncoderCache patched the instance: back to the class's
         adapter.encoder_cache = None

@@ -35,10 +35,10 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from xopd.audio import SAMPLE_RATE
 from xopd.paths import atomic_write_bytes, xopd_home
 
 CACHE_FORMAT = 1  # bump when what is stored for a clip changes: part of the fingerprint
-SAMPLE_RATE = 16_000
 STORE_DTYPES = {"float16": np.float16, "float32": np.float32}
 
 

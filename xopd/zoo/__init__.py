@@ -3,6 +3,11 @@
 ``resolve("smollm2-135m-instruct")`` builds the model once under ``$XOPD_HOME/zoo/<name>`` and returns that
 directory. Any other string (a Hugging Face id, a local path) is returned unchanged, so ``from_pretrained``
 sees exactly what the user typed.
+
+The tiny random test fixtures are named here too: :func:`resolve_model_name` turns ``fixture:<key>`` into the
+fixture's directory, built once under ``$XOPD_HOME/fixtures`` by the builder :data:`FIXTURES_BUILDER` names.
+Like a zoo entry's builder, that module (:mod:`xopd.zoo.fixtures`) is imported only to build: production code
+never imports the test-fixture module to resolve a name.
 """
 
 from __future__ import annotations
@@ -83,6 +88,42 @@ def resolve(name_or_path: str) -> str:
     if name_or_path in ZOO:
         return str(ensure(name_or_path))
     return name_or_path
+
+
+FIXTURE_PREFIX = "fixture:"
+FIXTURES_BUILDER = "xopd.zoo.fixtures:build_all"  # fn(out_dir: Path) -> {key: directory}, deterministic
+# fixture key -> its directory under the build root (xopd.zoo.fixtures builds exactly these)
+FIXTURE_SUBDIRS: dict[str, str] = {
+    "tokenizer": "tokenizer",
+    "teacher": "tiny-teacher",
+    "qwen2_audio": "tiny-qwen2-audio",
+    "qwen2_5_omni_thinker": "tiny-qwen2.5-omni-thinker",
+}
+
+
+def resolve_model_name(name: str) -> str:
+    """``fixture:<key>`` (``tokenizer``, ``teacher``, ``qwen2_audio``, ``qwen2_5_omni_thinker``) -> the tiny
+    fixture of that key, built once under ``$XOPD_HOME/fixtures`` (deterministic: the same bytes every build);
+    anything else unchanged (zoo names and hub ids are resolved by :mod:`xopd.loading`)."""
+    if not name.startswith(FIXTURE_PREFIX):
+        return name
+    key = name[len(FIXTURE_PREFIX) :]
+    if key not in FIXTURE_SUBDIRS:
+        from xopd.families import ModelLoadError
+
+        raise ModelLoadError(
+            f"unknown fixture {name!r}; available: {', '.join(FIXTURE_PREFIX + k for k in FIXTURE_SUBDIRS)}"
+        )
+    root = xopd_home() / "fixtures"
+    done = root / "built"
+    if not done.is_dir():
+        with file_lock(xopd_home() / ".fixtures.lock"):
+            if not done.is_dir():
+                module, fn = FIXTURES_BUILDER.split(":")
+                build = getattr(importlib.import_module(module), fn)
+                with atomic_dir(done) as tmp:
+                    build(tmp)
+    return str(done / FIXTURE_SUBDIRS[key])
 
 
 def _is_current(target: Path, entry: ZooEntry) -> bool:

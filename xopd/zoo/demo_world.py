@@ -25,6 +25,8 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
+from xopd.families import released_qwen2_audio_key
+
 DELTAS = Path(__file__).with_name("demo_world")
 MANIFEST = "manifest.json"
 WEIGHTS = "model.safetensors"
@@ -137,7 +139,8 @@ def build_speech(base: Path, out_dir: Path, root: Path = DELTAS) -> None:
     """A Qwen2-Audio-layout folder ``base`` + the student LoRA in its LLM + the aligned audio weights."""
     weights = _copy_base(base, out_dir)
     lora, meta = read_delta("student_lora.safetensors", root)
-    merge_lora(weights, lora, meta, prefix="language_model.model.")
+    # the decoder's key prefix in the released Qwen2-Audio layout the zoo writes (the family's export key)
+    merge_lora(weights, lora, meta, prefix=released_qwen2_audio_key("model.language_model."))
     audio, _ = read_delta("student_audio.safetensors", root)
     for name, value in audio.items():
         if name not in weights or weights[name].shape != value.shape:

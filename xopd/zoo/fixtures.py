@@ -15,9 +15,12 @@ it reloads with ``HF_HUB_OFFLINE=1`` through the usual ``from_pretrained`` calls
     ``Qwen2_5OmniThinkerForConditionalGeneration`` (tiny audio and vision towers), language model copied from
     the teacher as well. Without torchvision ``Qwen2_5OmniProcessor`` cannot be built (its video processor
     needs it), so the directory holds the tokenizer and the ``WhisperFeatureExtractor`` and
-    :func:`omni_thinker_inputs` builds what the processor would return for text + audio.
+    :func:`xopd.families.omni_thinker_inputs` (the family's input builder, re-exported here) builds what the
+    processor would return for text + audio.
 
-All builds are deterministic: the same call writes the same bytes.
+All builds are deterministic: the same call writes the same bytes. Test-only: production code names the
+fixtures (``fixture:<key>``, :data:`xopd.zoo.FIXTURE_SUBDIRS`) and imports this module only to build them
+(:func:`xopd.zoo.resolve_model_name`).
 """
 
 from __future__ import annotations
@@ -25,20 +28,35 @@ from __future__ import annotations
 import json
 import math
 import random
-import re
 import shutil
 import tempfile
-from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from xopd.audio import SAMPLE_RATE as SAMPLING_RATE
+from xopd.families import (  # the families' own input builder and weight-key map, re-exported for the tests
+    FAMILIES,
+    HOP_LENGTH,
+    audio_token_count,
+    num_feature_frames,
+    omni_thinker_inputs,
+)
+from xopd.zoo import FIXTURE_SUBDIRS as SUBDIRS
+
 if TYPE_CHECKING:  # heavy imports stay lazy so that importing xopd.zoo stays cheap
-    import numpy as np
-    from transformers import BatchFeature, PreTrainedTokenizerFast, WhisperFeatureExtractor
+    from transformers import PreTrainedTokenizerFast, WhisperFeatureExtractor
+
+__all__ = [
+    "HOP_LENGTH",
+    "SAMPLING_RATE",
+    "SUBDIRS",
+    "audio_token_count",
+    "build_all",
+    "num_feature_frames",
+    "omni_thinker_inputs",
+]
 
 SEED = 0
-SAMPLING_RATE = 16_000
-HOP_LENGTH = 160  # Whisper feature extractor: one mel frame per 10 ms
 NUM_MEL_BINS = 80
 
 ENDOFTEXT, IM_START, IM_END = "<|endoftext|>", "<|im_start|>", "<|im_end|>"
@@ -131,14 +149,6 @@ AUDIO_ENCODER_DIMS: dict[str, Any] = {
 }
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja")
-
-SUBDIRS = {
-    "tokenizer": "tokenizer",
-    "teacher": "tiny-teacher",
-    "qwen2_audio": "tiny-qwen2-audio",
-    "qwen2_5_omni_thinker": "tiny-qwen2.5-omni-thinker",
-}
-
 
 # --------------------------------------------------------------------------------------------------- corpus
 
@@ -434,21 +444,13 @@ def build_tiny_qwen2_audio(
     return out
 
 
-# Module path in transformers 5 -> key in the released Qwen2-Audio checkpoints (Qwen/Qwen2-Audio-7B-Instruct).
-_QWEN2_AUDIO_CHECKPOINT_PREFIXES = (
-    ("model.language_model.", "language_model.model."),
-    ("lm_head.", "language_model.lm_head."),
-    ("model.audio_tower.", "audio_tower."),
-    ("model.multi_modal_projector.", "multi_modal_projector."),
-)
-
-
 def qwen2_audio_checkpoint_key(module_key: str) -> str:
-    """``model.language_model.layers.0...`` -> ``language_model.model.layers.0...`` (the released layout)."""
-    for new, old in _QWEN2_AUDIO_CHECKPOINT_PREFIXES:
-        if module_key.startswith(new):
-            return old + module_key[len(new) :]
-    raise KeyError(f"unexpected Qwen2-Audio parameter {module_key!r}")
+    """``model.language_model.layers.0...`` -> ``language_model.model.layers.0...`` (the released layout: the
+    qwen2_audio family's ``export_key``); a module key it does not rename is a KeyError."""
+    key = FAMILIES["qwen2_audio"].export_key(module_key)  # type: ignore[misc]
+    if key == module_key:
+        raise KeyError(f"unexpected Qwen2-Audio parameter {module_key!r}")
+    return key
 
 
 def _resave_in_qwen2_audio_checkpoint_layout(model: Any, out: Path) -> None:
@@ -537,60 +539,3 @@ def build_all(out_dir: str | Path) -> dict[str, Path]:
     build_tiny_qwen2_audio(paths["qwen2_audio"], teacher_dir=paths["teacher"])
     build_tiny_qwen2_5_omni_thinker(paths["qwen2_5_omni_thinker"], teacher_dir=paths["teacher"])
     return paths
-
-
-# ------------------------------------------------------------------------------------------- audio inputs
-
-
-def num_feature_frames(num_samples: int, hop_length: int = HOP_LENGTH, max_frames: int = 3000) -> int:
-    """Valid mel frames the Whisper feature extractor reports for ``num_samples`` (its attention mask sum)."""
-    return min(math.ceil(num_samples / hop_length), max_frames)
-
-
-def audio_token_count(num_frames: int) -> int:
-    """Audio embeddings (= ``<|AUDIO|>`` placeholders) for ``num_frames`` valid mel frames.
-
-    Stride-2 conv then stride-2 average pooling; the same formula in Qwen2AudioProcessor,
-    Qwen2_5OmniProcessor and both models' ``_get_feat_extract_output_lengths``.
-    """
-    after_conv = (num_frames - 1) // 2 + 1
-    return (after_conv - 2) // 2 + 1
-
-
-def omni_thinker_inputs(
-    tokenizer: PreTrainedTokenizerFast,
-    feature_extractor: WhisperFeatureExtractor,
-    text: str | Sequence[str],
-    audio: np.ndarray | Sequence[np.ndarray] | None = None,
-    sampling_rate: int = SAMPLING_RATE,
-) -> BatchFeature:
-    """What ``Qwen2_5OmniProcessor(text=..., audio=..., return_tensors="pt")`` returns, for text + audio.
-
-    Each ``<|AUDIO|>`` in ``text`` (in order) is expanded to :func:`audio_token_count` copies for its audio;
-    text is left-padded. Keys: ``input_ids``, ``attention_mask`` and, with audio, ``input_features``
-    ``(n_audio, mel, 3000)`` and ``feature_attention_mask``.
-    """
-    import numpy as np
-    from transformers import BatchFeature
-
-    texts = [text] if isinstance(text, str) else list(text)
-    data: dict[str, Any] = {}
-    if audio is not None:
-        audios = [audio] if isinstance(audio, np.ndarray) else list(audio)
-        n_placeholders = sum(t.count(AUDIO_TOKEN) for t in texts)
-        if n_placeholders != len(audios):
-            raise ValueError(f"{n_placeholders} {AUDIO_TOKEN} in text but {len(audios)} audios")
-        features = feature_extractor(
-            audios,
-            sampling_rate=sampling_rate,
-            padding="max_length",
-            return_attention_mask=True,
-            return_tensors="pt",
-        )
-        data["input_features"] = features["input_features"]
-        data["feature_attention_mask"] = features["attention_mask"]
-        counts = iter(audio_token_count(int(n)) for n in features["attention_mask"].sum(-1).tolist())
-        # re.sub does not rescan its replacements, so each original placeholder is expanded exactly once.
-        texts = [re.sub(re.escape(AUDIO_TOKEN), lambda _: AUDIO_TOKEN * next(counts), t) for t in texts]
-    encoded = tokenizer(texts, padding=True, padding_side="left", return_tensors="pt")
-    return BatchFeature({**encoded, **data})

