@@ -1,14 +1,14 @@
 """On-demand divergence scoring: any student's rollouts on evalsuite items, scored by any teacher, no
 training.
 
-:func:`score_pairs` is what the trainer does each step minus the update, with the trainer's own pieces: the
-student samples ``n`` completions per prompt (:class:`xopd.rollout.HFRolloutEngine`; ids outside the shared
-vocabulary and the student's audio/image placeholders banned) after the spoken question (speech: the
-evalsuite's TTS cache through :func:`xopd.data.speech_audio`) and after the typed one (text); the teacher
-reads its own chat-formatted text prompt followed by the same completion ids and scores each token with its
-top-k alternatives (:meth:`xopd.models.ModelAdapter.score`); the student's log-probs of its own tokens come
-from :meth:`~xopd.models.ModelAdapter.completion_logprobs` (``xopd.losses.token_logprobs`` over the shared
-vocabulary), and the advantage is :func:`xopd.losses.xopd_advantage`. Records are rollout-log lines
+:func:`score_pairs` is what the trainer does each step minus the update, with the trainer's own pieces:
+:func:`xopd.scoring.sample_and_score` -- the function behind the trainer's held-out KL -- samples ``n``
+completions per prompt from the student (ids outside the shared vocabulary and the student's audio/image
+placeholders banned) after the spoken question (speech: the evalsuite's TTS cache) and after the typed one
+(text); the teacher reads its own chat-formatted text prompt followed by the same completion ids and scores
+each token with its top-k alternatives; the student's log-probs of its own tokens are
+``xopd.losses.token_logprobs`` over the shared vocabulary, and the advantage is
+:func:`xopd.losses.xopd_advantage`. Records are rollout-log lines
 (:func:`xopd.rolloutlog.rollout_record`, ``step`` 0, ``kind`` ``score``), so the explorer and
 :mod:`analysis.aggregate` read them like a training log; spoken prompts are copied into the output
 directory.
@@ -20,19 +20,15 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from xopd import losses
-from xopd.data import PromptPair, student_prompts
+from xopd.data import PromptPair
 from xopd.models import ModelAdapter, check_pair
-from xopd.rollout import HFRolloutEngine, SamplingParams, sample_numbers
+from xopd.rollout import sample_numbers
 from xopd.rolloutlog import copy_audio, rollout_record
+from xopd.scoring import SPEECH, TEXT, sample_and_score
 
-TEXT, SPEECH = "text", "speech"
 KIND = "score"
 
 
-@torch.no_grad()
 def score_pairs(
     student: ModelAdapter,
     teacher: ModelAdapter,
@@ -64,56 +60,41 @@ def score_pairs(
         raise ValueError("no prompts to score")
     vocab = check_pair(student, teacher)
     teacher.eos_ids = student.eos_ids  # one stopping rule, as in the trainer
-    engine = HFRolloutEngine(
-        student, vocab_size=vocab, batch_size=batch_size, banned_ids=student.multimodal_token_ids()
-    )
-    params = SamplingParams(n=n, max_new_tokens=max_new_tokens, temperature=temperature)
-    t_prompts = [teacher.text_prompt(p.text, system) for p in pairs]
+    scored = sample_and_score(
+        student, teacher, pairs, vocab_size=vocab, modalities=modalities, n=n, max_new_tokens=max_new_tokens,
+        temperature=temperature, seed=seed, batch_size=batch_size, system=system, variant=variant, topk=topk,
+        log=log,
+    )  # fmt: skip
     records: list[dict[str, Any]] = []
     copies: dict[str, str] = {}
-    devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
-    with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(seed)
-        for m in modalities:
-            s_prompts, paths = student_prompts(student, pairs, m, [variant] * len(pairs), system)
-            log(f"{m}: sampling {n} x {len(pairs)} rollouts from {student.name}")
-            rolls = engine.generate(s_prompts, params)
-            finished = rolls.finished(student.eos_ids).tolist()
-            index = rolls.prompt_index.tolist()
-            sample_no = sample_numbers(index)
-            log(f"{m}: scoring with {teacher.name}")
-            for start in range(0, len(rolls), batch_size):
-                rows = list(range(start, min(start + batch_size, len(rolls))))
-                sub = rolls.select(rows)
-                idx = sub.prompt_index.tolist()
-                t = teacher.score([t_prompts[i] for i in idx], sub.ids, sub.mask, vocab_size=vocab, topk=topk)
-                s_lp = student.completion_logprobs(
-                    [s_prompts[i] for i in idx], sub.ids, sub.mask, vocab_size=vocab
-                ).to(t.logprobs.device)
-                adv = losses.xopd_advantage(t.logprobs, s_lp, sub.mask.to(t.logprobs.device))
-                for j, r in enumerate(rows):
-                    length = int(sub.mask[j].sum())
-                    pair = pairs[index[r]]
-                    records.append(
-                        rollout_record(
-                            step=0,
-                            kind=KIND,
-                            prompt_id=pair.id,
-                            modality=m,
-                            sample=sample_no[r],
-                            prompt_text=pair.text,
-                            spoken_text=pair.spoken if m == SPEECH else None,
-                            audio_path=copy_audio(out_dir, paths[index[r]], copies),
-                            variant=variant if m == SPEECH else None,
-                            token_ids=sub.ids[j, :length].tolist(),
-                            student_lp=s_lp[j, :length].tolist(),
-                            teacher_lp=t.logprobs[j, :length].tolist(),
-                            advantage=adv[j, :length].tolist(),
-                            sampler_lp=sub.sampler_logprobs[j, :length].tolist(),
-                            finished=finished[r],
-                            tokenizer=student.tokenizer,
-                            topk_ids=t.topk_ids[j, :length].tolist() if topk else None,
-                            topk_lp=t.topk_logprobs[j, :length].tolist() if topk else None,
-                        )
-                    )
+    for s in scored:
+        rolls, m = s.rollouts, s.modality
+        finished = rolls.finished(student.eos_ids).tolist()
+        index = rolls.prompt_index.tolist()
+        sample_no = sample_numbers(index)
+        for r, i in enumerate(index):
+            length = int(rolls.mask[r].sum())
+            pair = pairs[i]
+            records.append(
+                rollout_record(
+                    step=0,
+                    kind=KIND,
+                    prompt_id=pair.id,
+                    modality=m,
+                    sample=sample_no[r],
+                    prompt_text=pair.text,
+                    spoken_text=pair.spoken if m == SPEECH else None,
+                    audio_path=copy_audio(out_dir, s.audio_paths[i], copies),
+                    variant=variant if m == SPEECH else None,
+                    token_ids=rolls.ids[r, :length].tolist(),
+                    student_lp=s.student_lp[r, :length].tolist(),
+                    teacher_lp=s.teacher_lp[r, :length].tolist(),
+                    advantage=s.advantage[r, :length].tolist(),
+                    sampler_lp=rolls.sampler_logprobs[r, :length].tolist(),
+                    finished=finished[r],
+                    tokenizer=student.tokenizer,
+                    topk_ids=s.topk_ids[r, :length].tolist() if topk else None,
+                    topk_lp=s.topk_lp[r, :length].tolist() if topk else None,
+                )
+            )
     return records

@@ -364,8 +364,9 @@ def phases(seconds: dict[str, float], total: float) -> dict[str, float]:
 
 
 def run_xopd(a: argparse.Namespace, out_dir: Path) -> dict[str, Any]:
-    """xopd's own ``train()`` loop, observed through its ``setup`` and ``report`` (end of each step)."""
+    """xopd's own ``train()`` loop, observed through its callbacks (after setup, at the end of each step)."""
     import xopd.losses
+    import xopd.objectives
     import xopd.trainer as T
     from xopd.config import config_from_dict
 
@@ -399,48 +400,47 @@ def run_xopd(a: argparse.Namespace, out_dir: Path) -> dict[str, Any]:
     }
     cfg = config_from_dict(tree)
     clock = StepClock(a.steps, a.profile)
-    original_setup, original_report = T.setup, T.report
-    runs: list[Any] = []
 
-    def setup(cfg: Any) -> Any:
-        run = original_setup(cfg)
-        perturb(run.student.core, a.student_noise, a.seed)
-        runs.append(run)
-        clock.after_setup()
-        return run
+    class Observer(T.Callback):
+        """The bench's view of the loop: the student's noise after setup, the clock after each step."""
+
+        run: Any = None
+        report_start: tuple[float, float] | None = None
+
+        def on_setup(self, run: Any) -> None:
+            perturb(run.student.core, a.student_noise, a.seed)
+            self.run = run
+            clock.after_setup()
+
+        def on_update_end(self, run: Any, step: int, batch: Any, result: Any) -> None:
+            self.report_start = now()
+
+        def on_step_end(self, run: Any, step: int, batch: Any, result: Any, metrics: dict) -> None:
+            if clock.timer is not None and self.report_start is not None:  # the profile step
+                clock.timer.add("report (metrics + rollout log)", self.report_start)
+            seqs = [p.seqs for p in batch.parts.values()]
+            clock.end_of_step(
+                step,
+                sum(int(s.mask.sum()) for s in seqs),
+                sum(len(s) for s in seqs),
+                max(int(s.lengths.max()) for s in seqs),
+                [pr.ids for p in batch.parts.values() for pr in p.student_prompts],
+            )
+
+    observer = Observer()
 
     def profile_phases(timer: PhaseTimer) -> None:
-        run = runs[0]
+        run = observer.run
         timer.wrap(run.engine, "generate", "sample (generate)")
         if a.xopd_engine == "vllm":
             timer.wrap(run.engine, "sync_weights", "weight push to vLLM")
         timer.wrap(run.teacher, "completion_hidden", "teacher forward")
         timer.wrap(run.student, "completion_hidden", "student forward")
-        timer.wrap(T, "head_scores", "lm-head losses fwd")  # teacher log-probs + top-k
+        timer.wrap(xopd.objectives, "head_scores", "lm-head losses fwd")  # teacher log-probs + top-k
         timer.wrap(xopd.losses, "token_logprobs", "lm-head losses fwd")  # student sampled-token log-probs
 
     clock.on_profile_start = profile_phases
-
-    def report(run: Any, step: int, batch: Any, *rest: Any, **kw: Any) -> Any:
-        start = now()
-        out = original_report(run, step, batch, *rest, **kw)
-        if clock.timer is not None:  # the profile step
-            clock.timer.add("report (metrics + rollout log)", start)
-        seqs = [p.seqs for p in batch.parts.values()]
-        clock.end_of_step(
-            step,
-            sum(int(s.mask.sum()) for s in seqs),
-            sum(len(s) for s in seqs),
-            max(int(s.lengths.max()) for s in seqs),
-            [pr.ids for p in batch.parts.values() for pr in p.student_prompts],
-        )
-        return out
-
-    T.setup, T.report = setup, report
-    try:
-        T.train(cfg)
-    finally:
-        T.setup, T.report = original_setup, original_report
+    T.train(cfg, callbacks=[observer])
     return clock.result()
 
 

@@ -774,7 +774,7 @@ def test_offline_kd_resumes_a_cache_cut_by_a_kill(tmp_path, capsys):
 
 
 def test_gkd_student_fraction_0_trains_on_gold_answers_and_1_on_student_samples(tmp_path):
-    from xopd.trainer import gkd_on_policy
+    from xopd.objectives import gkd_on_policy
 
     gold = {p.id: p.answer for p in task_pairs("sums", split="train", limit=16)}
     for fraction in (0, 1):
@@ -813,7 +813,9 @@ def _full_logits(model, prompt, completion: list[int], vocab: int) -> torch.Tens
 
 
 def test_gkd_loss_at_beta_0_is_the_forward_kl_computed_by_hand(tmp_path):
-    from xopd.trainer import gkd_on_policy, make_batch, modality_loss, setup
+    from xopd.batches import make_batch
+    from xopd.objectives import gkd_on_policy, micro_batch_loss
+    from xopd.trainer import setup
 
     # confident heads (teacher x10, student x20): the KL is far from 0 on text as well as on speech
     teacher = _sharpened_fixtures(tmp_path / "t", 10.0)["teacher"]
@@ -828,7 +830,7 @@ def test_gkd_loss_at_beta_0_is_the_forward_kl_computed_by_hand(tmp_path):
         seqs = part.seqs
         assert sorted(part.student_rows) == [False, False, True, True]
         totals = {"sequences": len(seqs), "tokens": int(seqs.mask.sum())}
-        loss = float(modality_loss(run, part, list(range(len(seqs))), totals)[0].detach())
+        loss = float(micro_batch_loss(run, part, list(range(len(seqs))), totals)[0].detach())
         per_sequence = []
         for r, i in enumerate(seqs.prompt_index.tolist()):
             completion = seqs.ids[r, : int(seqs.mask[r].sum())].tolist()
@@ -840,6 +842,6 @@ def test_gkd_loss_at_beta_0_is_the_forward_kl_computed_by_hand(tmp_path):
             torch.testing.assert_close(fkl, (lp_t.exp() * (lp_t - lp_s)).sum(-1), rtol=0, atol=1e-12)
             per_sequence.append(float(fkl.mean()))
         by_hand = sum(per_sequence) / len(per_sequence)  # loss.normalize=sequence
-        print(f"gkd beta=0 {m}: modality_loss {loss:.8f}, forward KL by hand {by_hand:.8f}, per sequence "
+        print(f"gkd beta=0 {m}: micro_batch_loss {loss:.8f}, forward KL by hand {by_hand:.8f}, per sequence "
               f"{[round(x, 6) for x in per_sequence]}")  # fmt: skip
         assert loss == pytest.approx(by_hand, rel=1e-5) and by_hand > 0.05
