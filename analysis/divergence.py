@@ -23,13 +23,30 @@ from pathlib import Path
 from typing import Any
 
 from analysis import DEFAULT_THRESHOLD
+from analysis.logs import RunDir
+from xopd.data import task_pairs
+from xopd.paths import atomic_write_text
 from xopd.rollout_schema import ROLLOUT_LOG, rollout_line
+
+# Imported late, inside the functions, to keep ``xopd-eval``'s start-up light (this module registers the
+# subcommand): analysis.aggregate and analysis.table (pandas), analysis.figures (matplotlib), analysis.score
+# and xopd.models (torch, transformers).
 
 SUMMARY_VERSION = 1
 
 
 def _log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
+
+
+def register(subparsers: Any) -> None:
+    """Add ``divergence`` to ``xopd-eval`` (``subparsers``: its ``add_subparsers()``). evalsuite sits below
+    analysis and never imports it: this function is an entry point of ``xopd_eval.commands`` (pyproject.toml),
+    which :func:`evalsuite.cli.build_parser` loads."""
+    help_line = "per-token teacher-student divergence of a student's rollouts"
+    p = subparsers.add_parser("divergence", help=help_line)
+    add_arguments(p)
+    p.set_defaults(fn=run)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -58,8 +75,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _write_outputs(out: Path, table: Any, summary: dict[str, Any], threshold: float) -> list[Path]:
-    from analysis.figures import write_figures
-    from xopd.paths import atomic_write_text
+    from analysis.figures import write_figures  # late: matplotlib
 
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "summary.json", json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
@@ -67,7 +83,7 @@ def _write_outputs(out: Path, table: Any, summary: dict[str, Any], threshold: fl
 
 
 def _summary(table: Any, args: argparse.Namespace, config: dict[str, Any], t0: float) -> dict[str, Any]:
-    from analysis import aggregate
+    from analysis import aggregate  # late: pandas
 
     agg = aggregate.summarize(table, threshold=args.threshold, top=max(args.top, 20))
     return {"kind": "divergence", "version": SUMMARY_VERSION, "config": config, **agg,
@@ -75,8 +91,7 @@ def _summary(table: Any, args: argparse.Namespace, config: dict[str, Any], t0: f
 
 
 def from_logdir(args: argparse.Namespace) -> int:
-    from analysis.aggregate import format_summary
-    from analysis.logs import RunDir
+    from analysis.aggregate import format_summary  # late, as the next one: pandas
     from analysis.table import token_table
 
     t0 = time.perf_counter()
@@ -105,12 +120,10 @@ def from_logdir(args: argparse.Namespace) -> int:
 
 
 def from_models(args: argparse.Namespace) -> int:
-    from analysis.aggregate import format_summary
+    from analysis.aggregate import format_summary  # late, as the next four: pandas, torch, transformers
     from analysis.score import score_pairs
     from analysis.table import token_table
-    from xopd.data import task_pairs
     from xopd.models import load_adapter
-    from xopd.paths import atomic_write_text
 
     if not args.model or not args.teacher or not args.output:
         _log("xopd-eval divergence: give --model, --teacher and --output (or --logdir RUN to read a run)")

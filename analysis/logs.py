@@ -25,6 +25,7 @@ from typing import Any
 
 import yaml
 
+from evalsuite.reports import read_report
 from xopd.rollout_schema import (
     OPTIONAL_ARRAYS,
     REQUIRED_ARRAYS,
@@ -393,8 +394,6 @@ class RunDir:
         """xopd-eval gap/forgetting ``report.json`` files under the directory, by step (from a
         ``step-NNNNNN`` part of the path; None sorts last). Unreadable ones are skipped and described in
         ``problems`` (when given) and in ``self.report_problems``."""
-        from evalsuite.reports import read_report
-
         found: list[tuple[int | None, Path, dict[str, Any]]] = []
         noted: list[str] = []
         # os.walk does not follow directory symlinks; each file is still checked to resolve inside root

@@ -14,14 +14,32 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from dataclasses import replace
+from dataclasses import asdict, replace
+from importlib.metadata import EntryPoint, distributions
 from pathlib import Path
 
+from tqdm import tqdm
+
+from evalsuite.backends import make_backend
+from evalsuite.cache import GenerationCache
+from evalsuite.perception import format_perception_markdown, perception_report, run_perception
+from evalsuite.reports import REPORT_VERSION, environment, read_report, write_json, write_jsonl
+from evalsuite.reports.plot import gap_chart
+from evalsuite.run import SPEECH, TEXT, evaluate
+from evalsuite.smoke import format_markdown as format_smoke_markdown
+from evalsuite.smoke import run_smoke
+from evalsuite.speech import parse_variants, synth_task
+from evalsuite.speech_check import format_markdown as format_speech_check_markdown
+from evalsuite.speech_check import load_transcriber, run_speech_check
+from evalsuite.tasks import list_tasks, load_task
+from evalsuite.types import GenParams
 from xopd.cli_errors import EVAL_ERRORS, run_cli
+from xopd.zoo import ZOO, ensure, zoo_dir
 
 DEFAULT_MODEL = "cascade:whisper-tiny.en+smollm2-135m-instruct"  # named in full: the report and chart say what ran
-DEFAULT_TASKS = "sums,counting,syllogism,family"  # evalsuite.tasks.DEFAULT_MIX (kept import-free)
+DEFAULT_TASKS = "sums,counting,syllogism,family"  # evalsuite.tasks.DEFAULT_MIX
 DEFAULT_LIMIT = 20
+COMMANDS = "xopd_eval.commands"  # entry-point group: (subparsers) -> adds a subcommand (see build_parser)
 DEFAULT_VARIANTS = "hibari"  # the bundled neural voice: Whisper hears its numbers back (see speech-check)
 
 
@@ -31,14 +49,10 @@ def _log(msg: str) -> None:
 
 def _progress_bar(desc: str, total: int):
     """A tqdm bar over all requests of a run (cached ones and input failures count as done at once)."""
-    from tqdm import tqdm
-
     return tqdm(total=total, desc=desc, unit="req", file=sys.stderr, dynamic_ncols=True)
 
 
 def _load_tasks(args):
-    from evalsuite.tasks import load_task
-
     names = [t.strip() for t in args.tasks.split(",") if t.strip()]
     return [load_task(n, split="test", limit=args.limit, seed=args.seed) for n in names]
 
@@ -68,11 +82,6 @@ def _backend_kwargs(args) -> dict:
 
 
 def _run_model(model: str, args, tasks, modes, variants, cache_path: Path, desc: str):
-    from evalsuite.backends import make_backend
-    from evalsuite.cache import GenerationCache
-    from evalsuite.run import SPEECH, TEXT, evaluate
-    from evalsuite.types import GenParams
-
     params = GenParams(max_new_tokens=args.max_new_tokens, temperature=args.temperature, seed=args.seed)
     backend = make_backend(args.backend, model, **_backend_kwargs(args))
     n_requests = sum((TEXT in modes) + (SPEECH in modes) * (1 if item.audio else len(variants))
@@ -89,8 +98,6 @@ def _run_model(model: str, args, tasks, modes, variants, cache_path: Path, desc:
 
 
 def _config(args, model: str, params, backend) -> dict:
-    from dataclasses import asdict
-
     return {
         "model": model,
         "model_fingerprint": backend.fingerprint(),
@@ -108,11 +115,7 @@ def _config(args, model: str, params, backend) -> dict:
 
 
 def _cmd_gap(args: argparse.Namespace) -> int:
-    from evalsuite.reports import REPORT_VERSION, environment, write_json, write_jsonl
-    from evalsuite.reports.gap import format_gap_markdown, gap_report
-    from evalsuite.reports.plot import gap_chart
-    from evalsuite.run import SPEECH, TEXT
-    from evalsuite.speech import parse_variants
+    from evalsuite.reports.gap import format_gap_markdown, gap_report  # late: scipy (the statistics)
 
     t0 = time.perf_counter()
     out = Path(args.output)
@@ -122,7 +125,7 @@ def _cmd_gap(args: argparse.Namespace) -> int:
     tasks = _load_tasks(args)
     # A text LLM cannot hear: every spoken item would fail and the "gap" would be the text accuracy. Refuse it
     # from its config (cheap: no weights load, nothing is generated or written).
-    from evalsuite.backends.resolve import resolve_model
+    from evalsuite.backends.resolve import resolve_model  # late, as the next two: torch and transformers
     from xopd.cascade import DEFAULT_ASR
     from xopd.loading import ModelLoadError
 
@@ -155,16 +158,13 @@ def _cmd_gap(args: argparse.Namespace) -> int:
 
 
 def _cmd_forgetting(args: argparse.Namespace) -> int:
-    from evalsuite.reports import REPORT_VERSION, environment, write_json, write_jsonl
-    from evalsuite.reports.forgetting import (
+    from evalsuite.reports.forgetting import (  # late: scipy and jiwer
         TRANSCRIBE_INSTRUCTION,
         format_forgetting_markdown,
         forgetting_report,
         paired_wer_delta,
         word_errors,
     )
-    from evalsuite.run import SPEECH, TEXT
-    from evalsuite.speech import parse_variants
 
     t0 = time.perf_counter()
     out = Path(args.output)
@@ -202,8 +202,7 @@ def _cmd_forgetting(args: argparse.Namespace) -> int:
 
 
 def _cmd_gate(args: argparse.Namespace) -> int:
-    from evalsuite.reports import read_report
-    from evalsuite.reports.gate import comparability_notes, format_gate, run_gate
+    from evalsuite.reports.gate import comparability_notes, format_gate, run_gate  # late: scipy
 
     try:
         report = read_report(Path(args.report))
@@ -224,8 +223,6 @@ def _cmd_gate(args: argparse.Namespace) -> int:
 
 
 def _cmd_synth(args: argparse.Namespace) -> int:
-    from evalsuite.speech import parse_variants, synth_task
-
     tasks = _load_tasks(args)
     variants = parse_variants(args.variants)
     for task in tasks:
@@ -235,15 +232,11 @@ def _cmd_synth(args: argparse.Namespace) -> int:
 
 
 def _cmd_tasks(args: argparse.Namespace) -> int:
-    from evalsuite.tasks import list_tasks
-
     print("\n".join(list_tasks()))
     return 0
 
 
 def _cmd_zoo(args: argparse.Namespace) -> int:
-    from xopd.zoo import ZOO, ensure, zoo_dir
-
     if args.action == "list":
         print(f"zoo cache: {zoo_dir()}  (set XOPD_HOME to move it)")
         for e in ZOO.values():
@@ -262,19 +255,12 @@ def _cmd_zoo(args: argparse.Namespace) -> int:
 
 
 def _cmd_smoke(args: argparse.Namespace) -> int:
-    from evalsuite.smoke import format_markdown, run_smoke
-
     report = run_smoke(Path(args.output) if args.output else None, log=_log)
-    print(format_markdown(report))
+    print(format_smoke_markdown(report))
     return 0
 
 
 def _cmd_speech_check(args: argparse.Namespace) -> int:
-    from evalsuite.reports import write_json
-    from evalsuite.speech import parse_variants
-    from evalsuite.speech_check import format_markdown, run_speech_check
-    from evalsuite.tasks import load_task
-
     names = [t.strip() for t in args.tasks.split(",") if t.strip()]
     tasks = [load_task(n, split=args.split, limit=args.limit, seed=args.seed) for n in names]
     variants = parse_variants(args.variants)
@@ -288,20 +274,13 @@ def _cmd_speech_check(args: argparse.Namespace) -> int:
                         "variants": [v.name for v in variants]}
     out = Path(args.output)
     write_json(out / "speech_check.json", report)
-    print(format_markdown(report))
+    print(format_speech_check_markdown(report))
     print(f"\nwall time {report['wall_time_s']} s; report {out / 'speech_check.json'}")
     return 1 if report["problems"] else 0
 
 
 def _cmd_perception(args: argparse.Namespace) -> int:
-    from evalsuite.backends import make_backend
-    from evalsuite.backends.resolve import resolve_model
-    from evalsuite.cache import GenerationCache
-    from evalsuite.perception import format_perception_markdown, perception_report, run_perception
-    from evalsuite.reports import REPORT_VERSION, environment, write_json, write_jsonl
-    from evalsuite.speech import parse_variants
-    from evalsuite.speech_check import load_transcriber
-    from evalsuite.types import GenParams
+    from evalsuite.backends.resolve import resolve_model  # late, as the next one: torch and transformers
     from xopd.loading import ModelLoadError
 
     t0 = time.perf_counter()
@@ -338,12 +317,6 @@ def _cmd_perception(args: argparse.Namespace) -> int:
     print(format_perception_markdown(report))
     print(f"\nwall time {report['wall_time_s']} s; report {out / 'report.json'}, samples {out / 'samples.jsonl'}")
     return 0
-
-
-def _cmd_divergence(args: argparse.Namespace) -> int:
-    from analysis.divergence import run
-
-    return run(args)
 
 
 def _add_run_args(p: argparse.ArgumentParser, *, output: str) -> None:
@@ -432,12 +405,22 @@ def build_parser() -> argparse.ArgumentParser:
     sm.add_argument("--output", default=None, help="folder for smoke.json")
     sm.set_defaults(fn=_cmd_smoke)
 
-    from analysis.divergence import add_arguments as divergence_arguments
-
-    dv = sub.add_parser("divergence", help="per-token teacher-student divergence of a student's rollouts")
-    divergence_arguments(dv)
-    dv.set_defaults(fn=_cmd_divergence)
+    # the subcommands of the layers above evalsuite (analysis: divergence), which evalsuite never imports:
+    # each registers itself as an entry point of this group in pyproject.toml
+    for ep in registered_commands():
+        ep.load()(sub)
     return p
+
+
+def registered_commands() -> list[EntryPoint]:
+    """The ``xopd_eval.commands`` entry points, by name. Every copy of xopd's metadata is read, not only the
+    first that ``entry_points()`` finds: an old ``xopd.egg-info`` in the working directory (on sys.path under
+    ``python -m``) would otherwise hide the installed one."""
+    found: dict[str, EntryPoint] = {}
+    for dist in distributions(name="xopd"):
+        for ep in dist.entry_points.select(group=COMMANDS):
+            found.setdefault(ep.name, ep)
+    return [found[name] for name in sorted(found)]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -25,7 +25,9 @@ from typing import Any
 
 import numpy as np
 
+from evalsuite.cache import generate_cached
 from evalsuite.run import SPEECH, TEXT, PreparedRequest, Sample, chance_level, evaluate, score
+from evalsuite.speech import render_array
 from evalsuite.types import GenParams, Request
 from xopd.prompting import TRANSCRIBE_INSTRUCTION, messages_for
 
@@ -50,7 +52,6 @@ def typed_request(task: Any, item: Any, text: str, way: str, system_prompt: str 
 
 def ask_typed(backend: Any, prepared: list[tuple[Any, PreparedRequest]], params: GenParams, cache: Any,
               chunk_size: int, progress: Callable[[int], None] | None) -> list[Sample]:
-    from evalsuite.cache import generate_cached
 
     live = [i for i, (_, p) in enumerate(prepared) if p.request is not None]
     outs = generate_cached(backend, [prepared[i][1].request for i in live], params, cache, chunk_size=chunk_size,
@@ -65,7 +66,6 @@ def run_perception(backend: Any, tasks: Sequence[Any], variant: Any, *, params: 
                    transcript_tokens: int = 128) -> dict[str, Any]:
     """The samples of the four ways, the model's transcripts and (with ``transcribe``) the ASR model's:
     ``{"samples": {way: [Sample]}, "transcripts": [Sample], "asr": {(task, id): text}}``."""
-    from evalsuite.speech import render_array
 
     asked = evaluate(backend, tasks, modes=(TEXT, SPEECH), variants=[variant], params=params, cache=cache,
                      progress=progress, chunk_size=chunk_size, system_prompt=system_prompt)

@@ -12,7 +12,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from evalsuite.cache import generate_cached
+from evalsuite.extract import extract_answer, is_correct
+from evalsuite.speech import AudioError, load_audio, render
 from evalsuite.types import GenParams, Item, Request
+from xopd.prompting import messages_for
 
 TEXT = "text"
 SPEECH = "speech"
@@ -64,9 +68,6 @@ def prepare(task, items: Sequence[Item], modes: Sequence[str], variants: Sequenc
     run's ``data.system_prompt``) as a system turn, then the typed message, or the audio with the instruction
     beside it.
     """
-    from evalsuite.speech import AudioError, load_audio, render
-    from xopd.prompting import messages_for
-
     out: list[PreparedRequest] = []
     instruction = task.spec.instruction or ""
     benchmark = getattr(task.spec, "benchmark", None)
@@ -105,8 +106,6 @@ def prepare(task, items: Sequence[Item], modes: Sequence[str], variants: Sequenc
 
 
 def score(task, prepared: PreparedRequest, text: str | None, error: str | None) -> Sample:
-    from evalsuite.extract import extract_answer, is_correct
-
     s = prepared.sample
     s.response, s.error = text, error or s.error
     if s.error or text is None:
@@ -131,8 +130,6 @@ def evaluate(backend, tasks: Sequence, *, modes: Sequence[str] = (TEXT, SPEECH),
     Generation goes through the cache in chunks, so a killed run loses at most one chunk and a rerun resumes.
     ``progress`` receives increments of finished requests (input failures count at once).
     """
-    from evalsuite.cache import generate_cached
-
     prepared = [(t, p) for t in tasks for p in prepare(t, t.items, modes, variants, system_prompt)]
     live = [i for i, (_, p) in enumerate(prepared) if p.request is not None]
     if progress and len(live) < len(prepared):

@@ -13,6 +13,11 @@ import platform
 import time
 from pathlib import Path
 
+from evalsuite.textnorm import corpus_wer
+from evalsuite.tts import espeak_synthesize
+from xopd.paths import atomic_write_text
+from xopd.zoo import ZOO, ensure
+
 REASONING_PROMPTS = [
     "If Tom has three apples and buys five more, how many apples does he have?",
     "A train leaves the station at nine and travels for two hours. When does it arrive?",
@@ -25,15 +30,12 @@ REPORT_VERSION = 1
 
 
 def run_smoke(output: Path | None = None, *, log=print) -> dict:
+    # late: torch and transformers (and the two xopd modules built on them) only when the smoke test runs
     import torch
     import transformers
 
-    from evalsuite.textnorm import corpus_wer
-    from evalsuite.tts import espeak_synthesize
     from xopd.cascade import Cascade
     from xopd.loading import load_speech_lm, load_text_lm
-    from xopd.paths import atomic_write_text
-    from xopd.zoo import ZOO, ensure
 
     t0 = time.perf_counter()
     timings: dict[str, float] = {}

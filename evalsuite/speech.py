@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from evalsuite.tts import (
     DEFAULT_PIPER_VOICE,
@@ -43,6 +44,7 @@ from evalsuite.tts import (
     piper_synthesize,
 )
 from evalsuite.types import Item
+from xopd.audio import AudioFormatError, checked_audio
 from xopd.paths import atomic_write_bytes, atomic_write_text, xopd_home
 
 if TYPE_CHECKING:
@@ -283,7 +285,7 @@ def render_key(text: str, variant: Variant) -> str:
 def _wav_bytes(audio: np.ndarray) -> bytes:
     """A 32-bit float WAV. Not soundfile: libsndfile adds a PEAK chunk with a timestamp to float WAVs, so the
     same samples written a second later would give other bytes."""
-    from scipy.io import wavfile
+    from scipy.io import wavfile  # late: scipy only when audio is written
 
     buf = io.BytesIO()
     wavfile.write(buf, SAMPLE_RATE, np.ascontiguousarray(audio, dtype=np.float32))
@@ -320,8 +322,6 @@ def check_audio(audio: np.ndarray, sample_rate: int, *, source: str) -> np.ndarr
     ``source`` names the item or file in the error. Wrong rates are errors, not silent resampling. The checks
     are :func:`xopd.audio.checked_audio`'s, the one validator the trainer and the backends use too.
     """
-    from xopd.audio import AudioFormatError, checked_audio
-
     try:
         return checked_audio(np.asarray(audio), sample_rate=sample_rate, squeeze=True)
     except AudioFormatError as exc:
@@ -330,7 +330,7 @@ def check_audio(audio: np.ndarray, sample_rate: int, *, source: str) -> np.ndarr
 
 def load_audio(path: str | os.PathLike) -> np.ndarray:
     """Read a WAV (any libsndfile format) as float32 mono 16 kHz, or raise :class:`AudioError` naming it."""
-    import soundfile as sf
+    import soundfile as sf  # late: loads libsndfile; only when audio is read
 
     path = Path(path)
     if not path.exists():
@@ -402,8 +402,6 @@ def synth_task(
     removed. Bad input (duplicate ids, empty text) raises ValueError naming the item before anything is
     written.
     """
-    from tqdm.auto import tqdm
-
     out_dir = Path(out_dir)
     if not items:
         raise ValueError("synth_task needs at least one item")
@@ -485,7 +483,7 @@ def _write_arrow(rows: list[dict[str, str]], out_dir: Path) -> None:
     {bytes, path} struct and then cast to ``Audio`` (an Arrow-level cast that encodes nothing). Rows stream
     through a generator into a scratch cache, so a long task never sits in memory.
     """
-    import datasets
+    import datasets  # late, here and below: datasets (pyarrow, pandas) is slow to import
 
     plain = datasets.Features(
         {

@@ -23,6 +23,7 @@ DEFAULT_ASR = "whisper-tiny.en"
 
 def load_transcriber(asr: str = DEFAULT_ASR) -> Callable[[list], list[str]]:
     """A batched greedy Whisper transcriber (zoo name, local path or hub id)."""
+    # late: torch and transformers (and the two xopd modules built on them) only when a transcriber loads
     import torch
     from transformers import AutoProcessor, WhisperForConditionalGeneration
 

@@ -38,6 +38,6 @@ def normalize(text: str) -> str:
 
 def corpus_wer(references: list[str], hypotheses: list[str]) -> float:
     """Corpus-level WER (total errors / total reference words) on normalised text."""
-    import jiwer
+    import jiwer  # late: slow to import; only the WER checks need it
 
     return jiwer.wer([normalize(r) for r in references], [normalize(h) for h in hypotheses])

@@ -149,7 +149,7 @@ HIBARI_VOICE = "heart"  # the one voice inside the package; hibari downloads the
 
 @functools.lru_cache(maxsize=1)
 def _hibari():
-    try:
+    try:  # late, as the other voices' imports: each engine is imported only when its voice speaks
         from hibari import Hibari
     except ImportError as e:
         raise TTSError(f"hibari synthesis needs the PyPI package hibari-tts: pip install hibari-tts ({e})") from None

@@ -108,3 +108,22 @@ def test_ill_fitting_lora_is_refused_naming_the_module():
     a, b = torch.randn(2, 6), torch.randn(8, 2)
     assert dw.merge_lora(w, {"layers.0.self_attn.q_proj.A": a, "layers.0.self_attn.q_proj.B": b}, meta, "model.") == 1
     assert torch.allclose(w["model.layers.0.self_attn.q_proj.weight"], 2.0 * b @ a)
+
+
+def test_new_deltas_make_the_zoo_rebuild(tmp_path):
+    """A zoo entry's build is current only while its input files (the deltas' manifest) are unchanged."""
+    import xopd.zoo as zoo
+
+    manifest = tmp_path / "manifest.json"
+    manifest.write_text('{"files": {}}')
+    entry = zoo.ZooEntry("x", "m:f", "text-lm", "d", inputs=(str(manifest),))
+    built = tmp_path / "built"
+    built.mkdir()
+    (built / zoo.MANIFEST).write_text(json.dumps({"version": 1, "inputs": zoo._inputs_digest(entry)}))
+    assert zoo._is_current(built, entry)
+    manifest.write_text('{"files": {"teacher_lora.safetensors": {}}}')
+    assert not zoo._is_current(built, entry)
+    plain = zoo.ZooEntry("y", "m:f", "asr", "d")
+    (built / zoo.MANIFEST).write_text(json.dumps({"version": 1, "inputs": None}))
+    assert zoo._is_current(built, plain)  # entries without inputs: the version alone, as before
+    assert {"xopd-demo-teacher", "xopd-demo-student"} <= set(zoo.ZOO)

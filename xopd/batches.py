@@ -21,7 +21,7 @@ import hashlib
 from functools import partial
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
@@ -30,9 +30,7 @@ from xopd.data import Draw, PromptPair, student_prompts
 from xopd.kd_cache import TeacherAnswers, key_doc, teacher_answers
 from xopd.models import Prompt
 from xopd.rollout import Rollouts, SamplingParams, pad_rollouts
-
-if TYPE_CHECKING:
-    from xopd.trainer import Run
+from xopd.state import Run
 
 STUDENT, GOLD, TEACHER = "student", "gold", "teacher"  # where a prompt's training sequences come from
 

@@ -20,19 +20,19 @@ import random
 import re
 import shutil
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
 import yaml
+from safetensors.torch import load_file, save_file
 
 from xopd import sharding
 from xopd.config import RunConfig, incompatible_changes, to_dict, to_yaml
-from xopd.models import export_pretrained, load_student, load_trainable_state
+from xopd.models import export_pretrained, load_student
 from xopd.paths import atomic_dir
-
-if TYPE_CHECKING:
-    from xopd.trainer import Run
+from xopd.sharding import load_trainable_state
+from xopd.state import Run
 
 
 class ResumeError(ValueError):
@@ -129,8 +129,6 @@ def save_checkpoint(run: Run, step: int) -> Path:
     """Write ``checkpoints/step-NNNNNN`` atomically (main process), then drop all but the last ``keep_last``.
     Every process holds the same weights and optimizer state (same gradients, same steps), or under FSDP its
     shard of them, gathered here whole: a checkpoint has one format for any number of processes."""
-    from safetensors.torch import save_file
-
     target = run.out / "checkpoints" / f"step-{step:06d}"
     main = run.dist.is_main
     weights = sharding.full_trainable_state(run.student, keep=main)  # collectives under FSDP
@@ -174,8 +172,6 @@ def readable(folder: Path) -> None:
 
 def restore_checkpoint(run: Run, path: Path) -> None:
     """Load weights, optimizer, scheduler, RNG states, data position; cut the logs back to the checkpoint."""
-    from safetensors.torch import load_file
-
     saved_cfg = yaml.safe_load((path / "config.yaml").read_text())
     models = saved_cfg.get("models") if isinstance(saved_cfg, dict) else None
     if (

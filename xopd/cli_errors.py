@@ -14,6 +14,7 @@ and a module that does not exist (yet) or is being rewritten cannot break the CL
 
 from __future__ import annotations
 
+import importlib
 import sys
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -77,8 +78,6 @@ def resolve_expected(
     """The classes ``expected`` names whose modules are loaded (with ``import_missing``: importing them first,
     skipping modules that do not exist). A name that does not resolve to an exception class is a ValueError
     (``strict``) or skipped."""
-    import importlib
-
     classes: list[type[BaseException]] = []
     for entry in expected:
         if isinstance(entry, type):

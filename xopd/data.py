@@ -33,6 +33,10 @@ from typing import Any
 
 import numpy as np
 
+from evalsuite.speech import load_audio, parse_variants, render
+from evalsuite.tasks import UnknownTaskError, load_task
+from xopd.prompting import messages_for
+
 
 class DataError(ValueError):
     """A prompt source that cannot be used; the message names the file, line or task."""
@@ -62,8 +66,6 @@ def task_pairs(
     name: str, *, split: str = "train", limit: int | None = None, seed: int = 0
 ) -> list[PromptPair]:
     """The items of an evalsuite task's ``split`` as prompt pairs."""
-    from evalsuite.tasks import UnknownTaskError, load_task
-
     try:
         task = load_task(name, split=split, limit=limit, seed=seed)
     except UnknownTaskError as exc:
@@ -175,8 +177,6 @@ def speech_audio(pair: PromptPair, variant: str) -> tuple[np.ndarray, str]:
     the WAV (a fresh render is not used from memory), and a render on a cache miss runs with the global RNGs
     (python, numpy, torch) saved and restored, so a TTS engine can never consume the training's random
     stream on the first run only."""
-    from evalsuite.speech import load_audio, parse_variants, render
-
     if pair.audio is not None:
         path = Path(pair.audio)
     else:
@@ -191,7 +191,7 @@ def speech_audio(pair: PromptPair, variant: str) -> tuple[np.ndarray, str]:
 @contextlib.contextmanager
 def _global_rng_kept() -> Iterator[None]:
     """Restore python's, numpy's and torch's (CPU) global RNG states after the block (TTS runs on the CPU)."""
-    import torch
+    import torch  # late: this module is torch-free at import (xopd-eval divergence reads prompts with it)
 
     py, npy, pt = random.getstate(), np.random.get_state(), torch.get_rng_state()
     try:
@@ -222,8 +222,6 @@ def pair_messages(
 ) -> list[dict[str, Any]]:
     """The chat messages of ``pair`` in ``modality``: :func:`xopd.prompting.messages_for`, the one prompt
     format of training and evaluation (``evalsuite.run.prepare`` builds xopd-eval's requests with it)."""
-    from xopd.prompting import messages_for
-
     if modality == "text" and (not pair.text or not pair.text.strip()):
         raise DataError(f"prompt {pair.id!r}: empty text")
     return messages_for(

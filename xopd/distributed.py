@@ -109,7 +109,7 @@ def init() -> Dist:
 
 
 def _state():
-    from accelerate import PartialState
+    from accelerate import PartialState  # late: only a launched (multi-process) run needs accelerate
 
     # without cpu=True accelerate treats several CPU processes as independent single-process runs
     return PartialState(cpu=not torch.cuda.is_available())

@@ -15,6 +15,14 @@ import time
 from pathlib import Path
 from typing import Any
 
+from evalsuite.backends.hf import HFBackend
+from evalsuite.reports import REPORT_VERSION, environment, write_json, write_jsonl
+from evalsuite.reports.gap import gap_report
+from evalsuite.reports.plot import gap_chart
+from evalsuite.run import SPEECH, TEXT, evaluate
+from evalsuite.speech import parse_variants
+from evalsuite.tasks import load_task
+from evalsuite.types import GenParams
 from xopd.config import RunConfig
 from xopd.models import ModelAdapter
 
@@ -28,10 +36,6 @@ class GapEvalHook:
     """
 
     def __init__(self, cfg: RunConfig, out: Path) -> None:
-        from evalsuite.speech import parse_variants
-        from evalsuite.tasks import load_task
-        from evalsuite.types import GenParams
-
         e = cfg.eval
         self.cfg, self.out = cfg, Path(out)
         # loaded once (a bad task name fails at setup, not at the first evaluation)
@@ -42,12 +46,6 @@ class GapEvalHook:
         self.backend: Any = None  # built once (tokenizer, processor); pointed at the live weights each time
 
     def __call__(self, step: int, student: ModelAdapter) -> dict[str, Any]:
-        from evalsuite.backends.hf import HFBackend
-        from evalsuite.reports import REPORT_VERSION, environment, write_json, write_jsonl
-        from evalsuite.reports.gap import gap_report
-        from evalsuite.reports.plot import gap_chart
-        from evalsuite.run import SPEECH, TEXT, evaluate
-
         t0 = time.perf_counter()
         if self.backend is None:
             self.backend = HFBackend(

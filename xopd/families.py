@@ -39,7 +39,15 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 from xopd.audio import SAMPLE_RATE
+
+
+class PromptFormatError(ValueError):
+    """Messages that this model's prompt format cannot hold (audio for a text LLM, a template that drops the
+    audio placeholder); callers turn it into their own error type (a backend's RequestError, ...). Defined
+    here, where the input builders raise it; re-exported by :mod:`xopd.prompting`, where callers import it."""
 
 
 class ModelLoadError(RuntimeError):
@@ -117,8 +125,7 @@ def omni_thinker_inputs(
     ``(n_audio, mel, 3000)`` and ``feature_attention_mask``. (Qwen2.5-Omni's processor cannot be built
     without torchvision, which its video processor needs.)
     """
-    import numpy as np
-    from transformers import BatchFeature
+    from transformers import BatchFeature  # late: this module stays torch-free at import (see above)
 
     texts = [text] if isinstance(text, str) else list(text)
     data: dict[str, Any] = {}
@@ -155,11 +162,17 @@ def processor_inputs(
     tokenizer: Any = None,
     feature_extractor: Any = None,
 ) -> Any:
-    """The family's own processor expands the placeholders and extracts the features
-    (:func:`xopd.prompting.speech_inputs`, what the evalsuite backends call too)."""
-    from xopd import prompting
-
-    return prompting.speech_inputs(processor, list(texts), list(audios))
+    """The family's own processor expands the placeholders and extracts the features; rows left-padded, no
+    special tokens added (:func:`xopd.prompting.speech_inputs`, what the evalsuite backends call too)."""
+    return processor(
+        text=list(texts),
+        audio=list(audios) or None,
+        sampling_rate=SAMPLE_RATE,
+        padding=True,
+        padding_side="left",
+        add_special_tokens=False,
+        return_tensors="pt",
+    )
 
 
 def omni_inputs(
@@ -175,8 +188,6 @@ def omni_inputs(
     if processor is not None and hasattr(processor, "feature_extractor"):
         return processor_inputs(processor, texts, audios)
     if tokenizer is None or feature_extractor is None:
-        from xopd.prompting import PromptFormatError
-
         raise PromptFormatError("no processor: speech inputs need a tokenizer and a feature extractor")
     return omni_thinker_inputs(tokenizer, feature_extractor, list(texts), list(audios) or None)
 
@@ -209,7 +220,7 @@ class Family:
 
     def model_cls(self) -> Any:
         """The transformers class to ``from_pretrained`` (imported now, not at registry import)."""
-        import transformers
+        import transformers  # late: the registry is torch-free at import (see the module docstring)
 
         if self.model_class is None:
             return transformers.AutoModelForCausalLM

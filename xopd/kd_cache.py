@@ -47,7 +47,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from tqdm.auto import tqdm
 
+from evalsuite.backends.fingerprint import dir_digest
 from xopd.distributed import Dist
 from xopd.models import Prompt
 from xopd.paths import atomic_write_text, file_lock, xopd_home
@@ -82,8 +84,6 @@ def key_doc(
     banned_ids: Sequence[int], eos_ids: Sequence[int],
 ) -> dict[str, Any]:
     """Everything an answer depends on: the teacher's file digests and dtype, the decoding, the format."""
-    from evalsuite.backends.fingerprint import dir_digest
-
     return {
         "format": FORMAT,
         "teacher": {"files": dir_digest(teacher_dir), "dtype": str(teacher_dtype)},
@@ -249,8 +249,6 @@ def _generate(
     engine: RolloutEngine, params: SamplingParams, path: Path, dist: Dist, per_round: int,
     gathered: Callable[[], contextlib.AbstractContextManager[Any]], progress: bool,
 ) -> None:
-    from tqdm.auto import tqdm
-
     shown = progress and dist.is_main
     bar = tqdm(total=len(missing), desc="teacher answers", unit="prompt", disable=not shown, file=sys.stderr)
     step = max(1, per_round) * dist.world_size

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoProcessor, AutoTokenizer
@@ -23,6 +24,7 @@ __all__ = [
     "ModelLoadError",
     "ModelOfflineError",
     "checked_from_pretrained",
+    "eos_ids_of",
     "load_speech_lm",
     "load_text_lm",
     "resolve_config",
@@ -32,6 +34,19 @@ __all__ = [
 
 class ModelOfflineError(ModelLoadError, OfflineError):
     """A hub model id was asked for while ``XOPD_OFFLINE`` is set (caught as either parent)."""
+
+
+def eos_ids_of(generation_config: Any, tokenizer: Any) -> list[int]:
+    """Every end-of-sequence id: all of generation_config's (chat models list end-of-turn *and* end-of-text)
+    plus the tokenizer's (TRL PRs #1814/#2142: stopping on one of them only runs past the turn's end)."""
+    ids: list[int] = []
+    raw = getattr(generation_config, "eos_token_id", None) if generation_config is not None else None
+    for value in (raw if isinstance(raw, (list, tuple)) else [raw]) + [
+        getattr(tokenizer, "eos_token_id", None)
+    ]:
+        if value is not None and int(value) not in ids:
+            ids.append(int(value))
+    return ids
 
 
 def _check_hub_online(name: str, path: str) -> None:

@@ -11,17 +11,16 @@ from __future__ import annotations
 
 import sys
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from torch import Tensor
+from tqdm.auto import tqdm
 
+from xopd.batches import Batch
+from xopd.distributed import Dist
 from xopd.rollout import sample_numbers
 from xopd.rolloutlog import copy_audio, rollout_record
-
-if TYPE_CHECKING:
-    from xopd.batches import Batch
-    from xopd.distributed import Dist
-    from xopd.trainer import Run, StepResult
+from xopd.state import Run
 
 SPEECH = "speech"
 _OPS = {"sum": lambda a, b: a + b, "min": min, "max": max}
@@ -75,17 +74,26 @@ class TokenStats:
     student_entropy: Tensor | None  # only on steps whose rollouts are logged (an extra pass over the head)
 
 
+@dataclass
+class StepResult:
+    """What one update (:func:`xopd.trainer.update`) returns for the report: losses, gradient norm, rate."""
+
+    loss: float
+    modality_loss: dict[str, float]
+    grad_norm: float
+    lr: float
+    skipped: bool
+    stats: dict[str, list[TokenStats]]  # per modality, per micro-batch
+    metrics: Tally  # the objective's own metrics, per modality (this process's, not yet reduced)
+
+
 def say(message: str, run: Run | None = None) -> None:
     """A line on stderr above the progress bar (from the main process only)."""
-    from tqdm.auto import tqdm
-
     if run is None or run.dist.is_main:
         tqdm.write(message, file=sys.stderr)
 
 
 def progress_bar(run: Run) -> Any:
-    from tqdm.auto import tqdm
-
     return tqdm(
         total=run.cfg.schedule.steps,
         initial=run.step,

@@ -28,6 +28,7 @@ is one row of :data:`xopd.families.FAMILIES`; nothing here branches on a family'
 from __future__ import annotations
 
 import contextlib
+import copy
 import hashlib
 import json
 import os
@@ -40,14 +41,16 @@ from typing import Any
 
 import numpy as np
 import torch
+from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
-from transformers import AutoTokenizer, GenerationConfig
+from transformers import AutoFeatureExtractor, AutoProcessor, AutoTokenizer, GenerationConfig
+from transformers.modeling_outputs import BaseModelOutput
 
 from xopd import losses, prompting
 from xopd.audio import AudioFormatError, checked_audio
 from xopd.families import Family, family_of
-from xopd.loading import ModelLoadError, checked_from_pretrained, resolve_config
-from xopd.sharding import copy_full_into
+# eos_ids_of lives in xopd.loading (evalsuite uses it too) and stays importable from here
+from xopd.loading import ModelLoadError, checked_from_pretrained, eos_ids_of, resolve_config  # noqa: F401
 from xopd.zoo import resolve_model_name  # fixture:<key> -> its directory; imported from here by callers
 
 
@@ -74,19 +77,6 @@ class Prompt:
     @property
     def has_audio(self) -> bool:
         return bool(self.features)
-
-
-def eos_ids_of(generation_config: Any, tokenizer: Any) -> list[int]:
-    """Every end-of-sequence id: all of generation_config's (chat models list end-of-turn *and* end-of-text)
-    plus the tokenizer's (TRL PRs #1814/#2142: stopping on one of them only runs past the turn's end)."""
-    ids: list[int] = []
-    raw = getattr(generation_config, "eos_token_id", None) if generation_config is not None else None
-    for value in (raw if isinstance(raw, (list, tuple)) else [raw]) + [
-        getattr(tokenizer, "eos_token_id", None)
-    ]:
-        if value is not None and int(value) not in ids:
-            ids.append(int(value))
-    return ids
 
 
 def _id_to_token(tokenizer: Any) -> dict[int, str]:
@@ -564,8 +554,6 @@ class FrozenEncoderCache:
                 self.hits += 1
                 self.entries.move_to_end(key)
             rows.append(hit)
-        from transformers.modeling_outputs import BaseModelOutput
-
         return BaseModelOutput(last_hidden_state=torch.cat(rows, dim=0))
 
     @staticmethod
@@ -648,8 +636,6 @@ def load_adapter(
 
 
 def _load_speech_processor(path: str, name: str, family: Family, trust_remote_code: bool) -> tuple[Any, Any]:
-    from transformers import AutoFeatureExtractor, AutoProcessor
-
     try:
         processor = AutoProcessor.from_pretrained(path, trust_remote_code=trust_remote_code)
     except Exception as exc:  # e.g. Qwen2_5OmniProcessor without torchvision
@@ -705,7 +691,7 @@ def prepare_trainable(adapter: ModelAdapter, cfg: Any) -> None:
     for name, param in core.named_parameters():
         param.requires_grad_(not cfg.freeze_audio or adapter.in_llm(name))
     if cfg.finetune == "lora":
-        from peft import LoraConfig, get_peft_model
+        from peft import LoraConfig, get_peft_model  # late: peft is slow to import; only LoRA runs need it
 
         targets = "|".join(re.escape(t) for t in cfg.lora_targets)
         pattern = rf"{re.escape(adapter.lm_prefix)}\.layers\.\d+\..*\b({targets})"
@@ -752,18 +738,6 @@ def check_pair(student: ModelAdapter, teacher: ModelAdapter) -> int:
 # ------------------------------------------------------------------------------------------------------------
 
 
-def load_trainable_state(adapter: ModelAdapter, state: dict[str, Tensor]) -> None:
-    params = dict(adapter.trainable_parameters())
-    missing, unexpected = sorted(set(params) - set(state)), sorted(set(state) - set(params))
-    if missing or unexpected:
-        raise ValueError(
-            f"checkpoint weights do not match the model's trainable parameters: missing {missing[:5]}, "
-            f"unexpected {unexpected[:5]} (was the checkpoint written with another models.* config?)"
-        )
-    for n, p in params.items():
-        copy_full_into(p, state[n])  # a sharded (FSDP) parameter takes its own shard
-
-
 def export_pretrained(adapter: ModelAdapter, out_dir: str | Path) -> Path:
     """Write the student as a model directory that ``from_pretrained``, xopd-eval and vLLM load.
 
@@ -776,8 +750,6 @@ def export_pretrained(adapter: ModelAdapter, out_dir: str | Path) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     model = adapter.model
     if hasattr(model, "merge_and_unload"):
-        import copy
-
         model = copy.deepcopy(model).merge_and_unload()
     model.save_pretrained(str(out))
     if adapter.family.export_key is not None:
@@ -791,8 +763,6 @@ def export_pretrained(adapter: ModelAdapter, out_dir: str | Path) -> Path:
 
 def _rename_safetensors(out: Path, rename: Callable[[str], str]) -> None:
     """Rewrite the saved shards with the released checkpoint's key names (a no-op when they have them)."""
-    from safetensors.torch import load_file, save_file
-
     index = out / "model.safetensors.index.json"
     files = (
         sorted(set(json.loads(index.read_text())["weight_map"].values()))

@@ -28,7 +28,6 @@ from __future__ import annotations
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
@@ -38,9 +37,7 @@ from xopd.batches import GOLD, STUDENT, TEACHER, ModalityBatch, prompt_seed
 from xopd.config import LossConfig, RunConfig
 from xopd.metrics import Tally, TokenStats
 from xopd.models import head_scores
-
-if TYPE_CHECKING:
-    from xopd.trainer import Run
+from xopd.state import Run
 
 
 @dataclass

@@ -15,8 +15,8 @@ functions here, so a model is evaluated on exactly the prompt it was trained on:
 * :func:`speech_inputs` -- the processor's expansion of those placeholders to one ``<|AUDIO|>`` per audio
   embedding, with the audio features: what the model reads.
 
-Torch-light (nothing here imports torch, the trainer or a backend), so both packages import it without a
-cycle: evalsuite imports xopd, and xopd imports evalsuite only lazily -- xopd is the lower layer.
+Torch-light (nothing here imports torch, the trainer or a backend): it is part of xopd's base layer, which
+evalsuite imports and which imports neither evalsuite nor xopd's training side (docs/architecture.md).
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from xopd.audio import SAMPLE_RATE
+from xopd.families import PromptFormatError, omni_inputs  # noqa: F401  (PromptFormatError: xopd.prompting's)
 
 TEXT = "text"
 SPEECH = "speech"
@@ -33,11 +33,6 @@ MODALITIES = (TEXT, SPEECH)
 # What a speech model is asked when it must say back what it heard: the forgetting report's ASR check, the
 # demo student's alignment objective and the perception check all use these words, so they measure one skill.
 TRANSCRIBE_INSTRUCTION = "Transcribe the audio exactly, word for word. Output only the transcript."
-
-
-class PromptFormatError(ValueError):
-    """Messages that this model's prompt format cannot hold (audio for a text LLM, a template that drops the
-    audio placeholder); callers turn it into their own error type (a backend's RequestError, ...)."""
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -192,21 +187,7 @@ def speech_inputs(
     ``input_features`` / ``feature_attention_mask`` (torch tensors).
 
     Without a processor that has a feature extractor (Qwen2.5-Omni's needs torchvision), ``tokenizer`` and
-    ``feature_extractor`` reproduce its text + audio path (:func:`xopd.zoo.fixtures.omni_thinker_inputs`).
+    ``feature_extractor`` reproduce its text + audio path (:func:`xopd.families.omni_inputs`, the input
+    builder of the families whose processor is optional).
     """
-    texts, audios = list(texts), list(audios)
-    if processor is not None and hasattr(processor, "feature_extractor"):
-        return processor(
-            text=texts,
-            audio=audios or None,
-            sampling_rate=SAMPLE_RATE,
-            padding=True,
-            padding_side="left",
-            add_special_tokens=False,
-            return_tensors="pt",
-        )
-    if tokenizer is None or feature_extractor is None:
-        raise PromptFormatError("no processor: speech inputs need a tokenizer and a feature extractor")
-    from xopd.families import omni_thinker_inputs
-
-    return omni_thinker_inputs(tokenizer, feature_extractor, texts, audios or None)
+    return omni_inputs(processor, texts, audios, tokenizer=tokenizer, feature_extractor=feature_extractor)

@@ -16,7 +16,7 @@ draws from torch's global RNG, which the trainer checkpoints, so a resumed run d
 ``multi_modal_data`` for the audio, the sampler's log-probs from vLLM, and ``sync_weights`` pushing the
 student's updated weights into the engine and resetting its prefix cache after each optimizer step. Its
 sampler and the trainer's forward differ slightly in numerics; the importance ratio (``loss.clip_eps``)
-accounts for that.
+accounts for that. :func:`xopd.engines.make_engine` picks one of the two by name.
 """
 
 from __future__ import annotations
@@ -223,32 +223,3 @@ class HFRolloutEngine(RolloutEngine):
         lp = torch.where(mask, lp, torch.zeros_like(lp))
         return Rollouts(torch.tensor(index, dtype=torch.long), ids, mask, lp)
 
-
-def make_engine(
-    name: str,
-    adapter: ModelAdapter,
-    *,
-    vocab_size: int,
-    batch_size: int,
-    banned_ids: Sequence[int] = (),
-    seed: int = 0,
-    tensor_parallel_size: int = 1,
-    gpu_memory_utilization: float = 0.3,
-    max_model_len: int | None = None,
-) -> RolloutEngine:
-    """The rollout engine ``name`` for ``adapter``: samples ids in ``[0, vocab_size)`` but ``banned_ids``."""
-    if name == "hf":
-        return HFRolloutEngine(adapter, vocab_size=vocab_size, batch_size=batch_size, banned_ids=banned_ids)
-    if name == "vllm":
-        from xopd.rollout_vllm import VLLMRolloutEngine
-
-        return VLLMRolloutEngine(
-            adapter,
-            vocab_size=vocab_size,
-            banned_ids=banned_ids,
-            seed=seed,
-            tensor_parallel_size=tensor_parallel_size,
-            gpu_memory_utilization=gpu_memory_utilization,
-            max_model_len=max_model_len,
-        )
-    raise ValueError(f"unknown rollout engine {name!r} (expected hf or vllm)")

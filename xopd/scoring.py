@@ -23,7 +23,8 @@ from torch import Tensor
 from xopd import losses
 from xopd.data import PromptPair, student_prompts
 from xopd.models import ModelAdapter, Prompt, head_scores
-from xopd.rollout import Rollouts, SamplingParams, make_engine
+from xopd.engines import make_engine
+from xopd.rollout import Rollouts, SamplingParams
 
 TEXT, SPEECH = "text", "speech"
 

@@ -29,15 +29,14 @@ import math
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 import torch.distributed as tdist
 from torch import Tensor, nn
 from torch.distributed.tensor import DTensor, distribute_tensor
 
-if TYPE_CHECKING:
-    from xopd.models import ModelAdapter
+from xopd.models import ModelAdapter
 
 
 def fsdp_requested() -> bool:
@@ -124,7 +123,7 @@ class Sharded:
 
 def shard(adapter: ModelAdapter, *, reshard_after_forward: bool = True) -> Sharded:
     """Shard ``adapter``'s decoder layers over all processes (in place)."""
-    from torch.distributed.fsdp import fully_shard
+    from torch.distributed.fsdp import fully_shard  # late: FSDP's machinery, only when a run shards
 
     layers = decoder_layers(adapter)
     inside = {id(p) for layer in layers for p in layer.parameters()}
@@ -224,6 +223,20 @@ def copy_full_into(param: Tensor, full: Tensor) -> None:
             param.to_local().copy_(shard.to_local())
         else:
             param.copy_(full.to(param.device, param.dtype))
+
+
+def load_trainable_state(adapter: ModelAdapter, state: dict[str, Tensor]) -> None:
+    """The inverse of :func:`full_trainable_state`: whole tensors by name into the adapter's trained
+    parameters (each sharded one takes its own shard); names must match exactly."""
+    params = dict(adapter.trainable_parameters())
+    missing, unexpected = sorted(set(params) - set(state)), sorted(set(state) - set(params))
+    if missing or unexpected:
+        raise ValueError(
+            f"checkpoint weights do not match the model's trainable parameters: missing {missing[:5]}, "
+            f"unexpected {unexpected[:5]} (was the checkpoint written with another models.* config?)"
+        )
+    for n, p in params.items():
+        copy_full_into(p, state[n])  # a sharded (FSDP) parameter takes its own shard
 
 
 def local_numel(params: Sequence[Tensor]) -> int:

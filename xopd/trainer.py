@@ -27,7 +27,6 @@ import math
 import time
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -37,21 +36,19 @@ from xopd import checkpoint, losses, sharding
 from xopd.batches import TEACHER, Batch, check_reference_answers, fixed_teacher_answers, make_batch
 from xopd.checkpoint import ResumeError  # noqa: F401  (the CLI's expected error xopd.trainer:ResumeError)
 from xopd.config import ConfigError, RunConfig, ignored_recipe_keys, to_yaml
-from xopd.data import PairStream, PromptPair, load_eval_pairs, load_train_pairs
+from xopd.data import PairStream, load_eval_pairs, load_train_pairs
 from xopd.distributed import Dist, launched_device
 from xopd.distributed import init as init_distributed
 from xopd.evalhook import GapEvalHook
-from xopd.kd_cache import TeacherAnswers
-from xopd.metrics import Tally, TokenStats, logs_rollouts, progress_bar, report, say
-from xopd.models import ModelAdapter, check_pair, load_student, load_teacher, resolve_model_name
-from xopd.objectives import OBJECTIVES, Objective, micro_batch_loss
+from xopd.engines import make_engine
+from xopd.metrics import StepResult, Tally, TokenStats, logs_rollouts, progress_bar, report, say
+from xopd.models import check_pair, load_student, load_teacher, resolve_model_name
+from xopd.objectives import OBJECTIVES, micro_batch_loss
 from xopd.paths import atomic_write_text
-from xopd.rollout import RolloutEngine, make_engine
 from xopd.rolloutlog import StepLog
 from xopd.scoring import heldout_reverse_kl
-
-TEXT, SPEECH = "text", "speech"
-EvalHook = Callable[[int, ModelAdapter], dict[str, Any]]
+from xopd.state import SPEECH, TEXT, EvalHook, Run, active_modalities  # noqa: F401  (xopd.trainer:Run, ...)
+from xopd.zoo import resolve as resolve_zoo
 
 
 class Callback:
@@ -115,49 +112,6 @@ def train(
 # ------------------------------------------------------------------------------------------------------------
 # setup
 # ------------------------------------------------------------------------------------------------------------
-
-
-@dataclass
-class Run:
-    """Everything a run holds between steps: config, objective, models, engines, data, optimizer, logs."""
-
-    cfg: RunConfig
-    out: Path
-    objective: Objective  # OBJECTIVES[cfg.loss.kind]
-    student: ModelAdapter
-    teacher: ModelAdapter
-    vocab_size: int  # the shared output vocabulary [0, V)
-    engine: RolloutEngine  # samples from the student
-    teacher_engine: RolloutEngine | None  # the TEACHER source: samples the teacher's fixed answer set
-    stream: PairStream
-    eval_pairs: list[PromptPair]
-    optimizer: torch.optim.Optimizer
-    scheduler: torch.optim.lr_scheduler.LambdaLR
-    logs: dict[str, StepLog]
-    step: int = 0
-    skipped: list[int] = field(default_factory=list)
-    last_metrics: dict[str, Any] = field(default_factory=dict)
-    last_eval: dict[str, Any] = field(default_factory=dict)
-    audio_copies: dict[str, str] = field(default_factory=dict)  # TTS cache path -> copy under output_dir
-    dist: Dist = field(default_factory=Dist)  # this process's rank among world_size (accelerate launch)
-    builtin_hooks: list[EvalHook] = field(default_factory=list)  # from the config (eval.gap_tasks)
-    seed_per_prompt: bool = False
-    sharded: sharding.Sharded = field(default_factory=sharding.Sharded)  # FSDP units (none: not sharded)
-    teacher_sharded: sharding.Sharded = field(default_factory=sharding.Sharded)
-    banned_ids: list[int] = field(default_factory=list)  # never sampled (the student's audio placeholders)
-    # where the models run: models.device resolved for this process (under accelerate launch ``auto`` is
-    # this process's cuda:<local rank>, or cpu). Never written into cfg, which is saved as the user gave it
-    device: str = "auto"
-    kd_answers: TeacherAnswers | None = None  # the TEACHER source: its fixed answers to every train prompt
-
-    @property
-    def modalities(self) -> list[str]:
-        return active_modalities(self.cfg)
-
-
-def active_modalities(cfg: RunConfig) -> list[str]:
-    """Modalities with a non-zero weight: text (lam), speech (1 - lam); a zero-weight one is not sampled."""
-    return [m for m, w in ((TEXT, cfg.loss.lam), (SPEECH, 1.0 - cfg.loss.lam)) if w > 0]
 
 
 def setup(cfg: RunConfig) -> Run:
@@ -267,8 +221,6 @@ def placement(cfg: RunConfig, dist: Dist) -> tuple[str, str]:
 def build_models(cfg: RunConfig) -> None:
     """Build the student's and teacher's zoo models or fixtures if this machine has not yet (first use),
     leaving the global RNGs as they were. Anything else (hub ids, paths) is loaded later as usual."""
-    from xopd.zoo import resolve as resolve_zoo
-
     with checkpoint.rng_untouched():
         for name in dict.fromkeys((cfg.models.student, cfg.models.teacher)):
             if name.startswith("fixture:"):
@@ -308,17 +260,6 @@ def lr_lambda(cfg: RunConfig) -> Callable[[int], float]:
 # ------------------------------------------------------------------------------------------------------------
 # one step: the update
 # ------------------------------------------------------------------------------------------------------------
-
-
-@dataclass
-class StepResult:
-    loss: float
-    modality_loss: dict[str, float]
-    grad_norm: float
-    lr: float
-    skipped: bool
-    stats: dict[str, list[TokenStats]]  # per modality, per micro-batch
-    metrics: Tally  # the objective's own metrics, per modality (this process's, not yet reduced)
 
 
 def update(run: Run, batch: Batch, step: int, *, log_tokens: bool = False) -> StepResult:

@@ -6,6 +6,8 @@ import streamlit as st
 
 from app import charts, state
 from app.series import OVERALL, forgetting_frames, gap_frames
+from evalsuite.reports.forgetting import format_forgetting_markdown
+from evalsuite.reports.gap import format_gap_markdown
 
 st.header("Gap")
 run = state.current_run()
@@ -64,12 +66,8 @@ st.caption(f"`{rel}` · {report.get('kind')} · model `{cfg.get('model', '?')}` 
            f"{cfg.get('backend', '?')} · n per task {cfg.get('limit', '?')} · seed {cfg.get('seed', '?')}")
 try:
     if report.get("kind") == "gap":
-        from evalsuite.reports.gap import format_gap_markdown
-
         st.markdown(format_gap_markdown(report))
     elif report.get("kind") == "forgetting":
-        from evalsuite.reports.forgetting import format_forgetting_markdown
-
         st.markdown(format_forgetting_markdown(report))
     else:
         st.json(report, expanded=False)

@@ -85,6 +85,7 @@ class Backend(ABC):
 
     def prepare_prompts(self, requests: list[Request]) -> tuple[dict[int, Any], list[Result | None]]:
         """Render every request; one that cannot be rendered gets its failed Result, the others a prompt."""
+        # late: both import torch and transformers (through xopd), which `import evalsuite.backends` avoids
         from evalsuite.backends.asr import transcribe_requests
         from evalsuite.backends.prompts import RequestError, audios_of, check_messages, render_text, replace_audio
 

@@ -10,6 +10,7 @@ sampled answer depends on its request and seed alone, not on its batch neighbour
 from __future__ import annotations
 
 import gc
+import uuid
 from typing import Any
 
 import torch
@@ -152,8 +153,6 @@ class HFBackend(Backend):
         fingerprint becomes unique to this call: nothing it generates is ever served from a cache."""
         if self.kind == "cascade":
             raise ValueError("attach() takes a speech or text LLM, not a cascade")
-        import uuid
-
         self._model = model
         self._fingerprint = f"live-{uuid.uuid4().hex}"
 

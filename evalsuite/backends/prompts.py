@@ -18,6 +18,7 @@ import numpy as np
 
 from xopd import prompting
 from xopd.audio import SAMPLE_RATE, AudioFormatError, checked_audio  # noqa: F401 (SAMPLE_RATE: the backends')
+from xopd.loading import eos_ids_of
 
 ROLES = ("system", "user", "assistant")
 
@@ -150,9 +151,7 @@ def speech_model_inputs(processor: Any, prompts: list[Prompt]) -> Any:
 
 
 def eos_ids(generation_config: Any, tokenizer: Any) -> list[int]:
-    """Every end-of-sequence id (see :func:`xopd.models.eos_ids_of`; vLLM also stops on the tokenizer's)."""
-    from xopd.models import eos_ids_of
-
+    """Every end-of-sequence id (see :func:`xopd.loading.eos_ids_of`; vLLM also stops on the tokenizer's)."""
     ids = eos_ids_of(generation_config, tokenizer)
     if not ids:
         raise RequestError("the model defines no end-of-sequence token (generation_config or tokenizer)")

@@ -9,8 +9,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from transformers import AutoProcessor, AutoTokenizer
+
 from xopd.cascade import is_cascade, parse_cascade
 from xopd.loading import ModelLoadError, checked_from_pretrained, resolve_config, speech_family
+from xopd.zoo import resolve_model_name  # fixture:<key> -> the tiny test fixture's directory
 
 
 @dataclass(frozen=True)
@@ -45,8 +48,6 @@ def resolve_model(model_id: str, *, trust_remote_code: bool = False) -> ModelSpe
                 f"cascade LLM {llm!r} is a speech LLM ({config.model_type}); a text LLM is needed"
             )
         return ModelSpec(model_id, "cascade", path, config, asr_path=asr_path)
-    from xopd.zoo import resolve_model_name  # fixture:<key> -> the tiny test fixture's directory
-
     path, config = resolve_config(resolve_model_name(model_id), trust_remote_code)
     family = speech_family(config)
     if family is not None:
@@ -57,8 +58,6 @@ def resolve_model(model_id: str, *, trust_remote_code: bool = False) -> ModelSpe
 def load_tokenizer_and_processor(spec: ModelSpec, *, trust_remote_code: bool = False) -> tuple[Any, Any]:
     """(processor or None, tokenizer) for rendering prompts: a speech LLM needs its processor (chat template,
     audio features, placeholder expansion); a text LLM or a cascade's LLM its tokenizer."""
-    from transformers import AutoProcessor, AutoTokenizer
-
     kw = {"trust_remote_code": trust_remote_code}
     if spec.kind != "speech":
         return None, checked_from_pretrained(AutoTokenizer, spec.path, spec.model_id, **kw)

@@ -21,6 +21,7 @@ import os
 from typing import Any
 
 import torch
+from tqdm import tqdm
 
 from evalsuite.backends.asr import load_asr
 from evalsuite.backends.base import Backend, Progress, Result, isolate_failures
@@ -43,7 +44,7 @@ def sampling_params(params: GenParams, stop: list[int]) -> Any:
     """vLLM's SamplingParams for ``params``: the same distribution the hf backend samples from
     (temperature + top-p, no top-k, no repetition penalty); the seed is per request, so a sampled answer does
     not depend on its batch neighbours."""
-    from vllm import SamplingParams
+    from vllm import SamplingParams  # late, as every vllm import here: vllm is optional and slow to import
 
     sampling = params.temperature > 0
     return SamplingParams(
@@ -61,8 +62,6 @@ def sampling_params(params: GenParams, stop: list[int]) -> Any:
 
 def progress_bar(progress: Progress) -> Any:
     """A ``use_tqdm`` factory for ``LLM.generate`` that forwards finished-request counts to ``progress``."""
-    from tqdm import tqdm
-
     class _Forward(tqdm):  # vLLM reads format_dict/postfix/n, so this must be a real (silent) tqdm
         def __init__(self, *args: Any, **kwargs: Any) -> None:
             self._forward = "total" in kwargs and not args  # the run bar, not the prompt-rendering one

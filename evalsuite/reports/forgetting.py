@@ -13,14 +13,13 @@ import numpy as np
 
 from evalsuite.reports.gap import by_task_mode, mode_summary, paired_stats, paired_vectors, usable
 from evalsuite.run import Sample
+from evalsuite.textnorm import normalize
 from xopd.prompting import TRANSCRIBE_INSTRUCTION  # noqa: F401 - re-exported: the CLI imports it from here
 
 
 def word_errors(references: Sequence[str], hypotheses: Sequence[str | None]) -> tuple[np.ndarray, np.ndarray]:
     """Per-item (errors, reference words) on normalised text; a missing hypothesis deletes every word."""
-    import jiwer
-
-    from evalsuite.textnorm import normalize
+    import jiwer  # late: importing jiwer takes a while; only the ASR check needs it
 
     errs, words = [], []
     for ref, hyp in zip(references, hypotheses, strict=True):

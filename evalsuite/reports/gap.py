@@ -6,6 +6,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 
 import numpy as np
+from scipy.stats import norm
 
 from evalsuite.run import SPEECH, TEXT, Sample
 from evalsuite.stats import (
@@ -61,8 +62,6 @@ def wilson_ci(correct: int, n: int, *, confidence: float = 0.95) -> list[float]:
     normal approximation); [nan, nan] for no items."""
     if n == 0:
         return [float("nan"), float("nan")]
-    from scipy.stats import norm
-
     z = float(norm.ppf(0.5 + confidence / 2))
     p = correct / n
     denom = 1 + z * z / n

@@ -13,6 +13,10 @@ import textwrap
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
+from xopd.paths import atomic_write_bytes
+
 TEACHER = "teacher text"
 OVERALL = "overall"
 CHANCE_GID = "chance"  # the gid of each chance line, so tests (and readers of the figure) can find them
@@ -27,7 +31,7 @@ def _nan(x: Any) -> float:
 
 def _wilson(acc: float, n: int, confidence: float) -> tuple[float, float]:
     """For reports written before ``accuracy_ci`` existed: the Wilson interval from accuracy and n."""
-    from evalsuite.reports.gap import wilson_ci
+    from evalsuite.reports.gap import wilson_ci  # late, as below: scipy, needed only for old reports
 
     if not n or acc != acc:
         return float("nan"), float("nan")
@@ -112,8 +116,7 @@ def _title(report: dict) -> str:
 
 def gap_figure(report: dict):
     """The gap chart of a gap report as a matplotlib Figure (no pyplot state: safe in servers and threads)."""
-    import numpy as np
-    from matplotlib.figure import Figure
+    from matplotlib.figure import Figure  # late, as the next one: matplotlib is slow to import
     from matplotlib.lines import Line2D
 
     cfg = report.get("config") or {}
@@ -185,8 +188,6 @@ def gap_figure(report: dict):
 
 def gap_chart(report: dict, path: Path) -> Path:
     """Write the gap chart of ``report`` as a PNG at ``path`` (atomically); returns the path."""
-    from xopd.paths import atomic_write_bytes
-
     fig = gap_figure(report)
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=120)

@@ -39,6 +39,7 @@ from typing import Any
 
 from evalsuite.tasks.source import Row
 from evalsuite.tasks.spec import BigBenchSource
+from xopd.offline import OfflineError, check_online
 from xopd.paths import atomic_dir, atomic_write_text, file_lock, xopd_home
 
 SDIST_NAME = "bigbench-1.0.0.tar.gz"
@@ -282,11 +283,6 @@ def _looks_like_path(value: str) -> bool:
 
 def _offline_reason() -> str | None:
     """Why the hub must not be tried, or None."""
-    try:
-        from xopd.offline import OfflineError, check_online
-    except ImportError:  # older tree without xopd.offline: the same switch, checked here
-        value = os.environ.get("XOPD_OFFLINE", "")
-        return f"skipped: XOPD_OFFLINE={value}" if value.strip().lower() in ("1", "true", "yes") else None
     try:
         check_online(f"BIG-bench from the Hugging Face hub dataset {HUB_DATASET!r}")
     except OfflineError:

@@ -17,6 +17,8 @@ from evalsuite.tasks.spec import ReasoningGymSource
 
 @functools.lru_cache(maxsize=32)
 def _dataset(src: ReasoningGymSource) -> Any:
+    # late: reasoning_gym takes seconds to import; only the tasks built on it pay (evalsuite.tasks.counting
+    # registers its generator with reasoning_gym, so it is imported here too)
     import reasoning_gym
     from reasoning_gym.factory import DATASETS
 

@@ -1,12 +1,14 @@
-"""What every data source hands to a task: rows in source order, plus an optional source-specific scorer."""
+"""What every data source hands to a task: rows in source order, plus an optional source-specific scorer.
+
+The loaders (:mod:`~evalsuite.tasks.bigbench`, :mod:`~evalsuite.tasks.rgym`,
+:mod:`~evalsuite.tasks.hub`) build these; :func:`evalsuite.tasks.task.load_source` picks the loader of a
+task's source."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
-
-from evalsuite.tasks.spec import BigBenchSource, HFSource, JsonlSource, ReasoningGymSource, TaskSpec
 
 
 @dataclass(frozen=True)
@@ -31,25 +33,3 @@ Scorer = Callable[[dict[str, Any], str], float]
 class SourceData:
     rows: list[Row]
     scorer: Scorer | None = None
-
-
-def load_source(spec: TaskSpec) -> SourceData:
-    """Dispatch on the source kind; imports are late so that a BIG-bench task never imports ``datasets``."""
-    src = spec.source
-    if isinstance(src, BigBenchSource):
-        from evalsuite.tasks.bigbench import load_rows
-
-        return SourceData(load_rows(src))
-    if isinstance(src, ReasoningGymSource):
-        from evalsuite.tasks.rgym import load_rows as rg_rows
-
-        return rg_rows(src)
-    if isinstance(src, JsonlSource):
-        from evalsuite.tasks.hub import jsonl_rows
-
-        return SourceData(jsonl_rows(src))
-    if isinstance(src, HFSource):
-        from evalsuite.tasks.hub import hf_rows
-
-        return SourceData(hf_rows(src, task=spec.name))
-    raise TypeError(f"unknown source type {type(src).__name__}")

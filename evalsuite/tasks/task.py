@@ -19,9 +19,10 @@ import string
 from dataclasses import dataclass, field
 from typing import Any
 
-from evalsuite.tasks.source import Row, Scorer, load_source
 from evalsuite.spoken_form import say
-from evalsuite.tasks.spec import TaskSpec
+from evalsuite.tasks import bigbench, hub, rgym
+from evalsuite.tasks.source import Row, Scorer, SourceData
+from evalsuite.tasks.spec import BigBenchSource, HFSource, JsonlSource, ReasoningGymSource, TaskSpec
 from evalsuite.types import Item
 
 SPLITS = ("test", "validation", "train")
@@ -269,6 +270,21 @@ def make_item(spec: TaskSpec, row: Row) -> tuple[Item, str | None]:
         id=item_id, question=question, answer=gold, choices=choices, spoken=spoken, audio=row.audio, meta=meta
     )
     return item, source_label
+
+
+def load_source(spec: TaskSpec) -> SourceData:
+    """Dispatch on the source kind. The loaders import their heavy libraries (``datasets``,
+    ``reasoning_gym``) only when they load, so a BIG-bench task never imports ``datasets``."""
+    src = spec.source
+    if isinstance(src, BigBenchSource):
+        return SourceData(bigbench.load_rows(src))
+    if isinstance(src, ReasoningGymSource):
+        return rgym.load_rows(src)
+    if isinstance(src, JsonlSource):
+        return SourceData(hub.jsonl_rows(src))
+    if isinstance(src, HFSource):
+        return SourceData(hub.hf_rows(src, task=spec.name))
+    raise TypeError(f"unknown source type {type(src).__name__}")
 
 
 def build_task(spec: TaskSpec, *, split: str = "test", limit: int | None = None, seed: int = 0) -> Task:

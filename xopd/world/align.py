@@ -40,6 +40,7 @@ encoding on one core, plus TTS: ~0.15 s flite, ~2 s hibari), so training steps o
 from __future__ import annotations
 
 import argparse
+import copy
 import hashlib
 import json
 import math
@@ -57,11 +58,22 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import numpy as np
 import torch
+from safetensors.torch import load_file, save_file
 from torch import Tensor
 
+from evalsuite.speech import parse_variants, render_array
+from evalsuite.tasks import DEFAULT_MIX, load_task
+from evalsuite.textnorm import corpus_wer
+from xopd.loading import load_text_lm
+from xopd.models import export_pretrained, load_adapter, resolve_model_name
+from xopd.paths import atomic_dir
 from xopd.prompting import TRANSCRIBE_INSTRUCTION
 from xopd.world.encoder_cache import EncoderCache, audio_features, encode_features
-from xopd.world.tune_teacher import collate  # one right-padded (prompt, target) collation for both recipes
+from xopd.world.parts import PARTS, items_of_part
+from xopd.world.tune_teacher import (
+    Sampler,
+    collate,  # one right-padded (prompt, target) collation for both recipes
+)
 
 REPEAT_PROMPT = TRANSCRIBE_INSTRUCTION  # the words `xopd-eval perception` and `forgetting` ask with
 HELD_OUT_VOICES = ("flite-kal",)  # never trained on: validation only
@@ -73,7 +85,6 @@ RUN_KEYS = ("base", "llm", "llm_adapter", "tasks", "parts", "voices", "items_per
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    from evalsuite.tasks import DEFAULT_MIX
 
     p = argparse.ArgumentParser(prog="python -m xopd.world.align", description=__doc__.split("\n")[0])
     p.add_argument("--out", required=True, help="run folder (checkpoints, state.pt, eval.jsonl)")
@@ -124,7 +135,6 @@ def build_student(base: str, llm: str | None = None, llm_adapter: str | None = N
     """The student as a :class:`xopd.models.ModelAdapter` (float32, CPU, eval mode): ``base`` with its LLM
     replaced by ``llm`` + the LoRA ``llm_adapter`` merged (when given). The base's in-memory encoder cache is
     removed: the disk cache replaces it."""
-    from xopd.models import load_adapter
 
     adapter = load_adapter(base, dtype="float32", device="cpu")
     if adapter.family.name != "qwen2_audio":
@@ -144,10 +154,8 @@ def merge_llm_into(core: Any, llm: str, lora_dir: str) -> None:
     The speech model's vocabulary is the LLM's plus the audio tokens and padding: the LLM's rows are copied
     into the first rows, the rest (audio tokens, padding) stay as they are. Every LLM weight must find its
     place; only Qwen2's q/k/v biases may be missing from a LLaMA source (they stay zero, see assemble.py)."""
-    from peft import PeftModel
+    from peft import PeftModel  # late: peft is slow to import
 
-    from xopd.loading import load_text_lm
-    from xopd.models import resolve_model_name
 
     if not (Path(lora_dir) / "adapter_config.json").is_file():
         raise SystemExit(f"--llm-adapter {lora_dir}: no adapter_config.json (expected a peft LoRA folder)")
@@ -182,7 +190,7 @@ def setup_trainable(core: Any, encoder_lora: int = 0, alpha: int | None = None, 
     names of the trainable parameters."""
     core.requires_grad_(False)
     if encoder_lora > 0:
-        from peft import LoraConfig, inject_adapter_in_model
+        from peft import LoraConfig, inject_adapter_in_model  # late: peft is slow to import
 
         torch.manual_seed(seed)  # the LoRA A matrices' initialisation
         cfg = LoraConfig(r=encoder_lora, lora_alpha=alpha or 2 * encoder_lora, lora_dropout=0.0,
@@ -301,8 +309,6 @@ def voice_for(voices: list[Any], seed: int, step: int, slot: int) -> Any:
 
 def train_texts(tasks: list[str], parts: list[str], items_per_task: int, seed: int) -> dict[str, list[str]]:
     """Spoken texts of the train-split items of each task in ``parts`` (questions only: no answer is read)."""
-    from evalsuite.tasks import load_task
-    from xopd.world.parts import items_of_part
 
     out: dict[str, list[str]] = {}
     for name in tasks:
@@ -316,7 +322,6 @@ def train_texts(tasks: list[str], parts: list[str], items_per_task: int, seed: i
 
 def eval_texts(tasks: list[str], limit: int, seed: int) -> list[tuple[str, str]]:
     """(task, spoken text) of the validation items used for repeat-WER."""
-    from evalsuite.tasks import load_task
 
     out = []
     for name in tasks:
@@ -332,7 +337,6 @@ class Clips:
         self.cache = cache
 
     def audio(self, text: str, voice: Any) -> np.ndarray:
-        from evalsuite.speech import render_array
 
         return render_array(text, voice)
 
@@ -350,7 +354,6 @@ def lr_at(step: int, args: argparse.Namespace) -> float:
 def save(out: Path, step: int, core: Any, optimizer: Any, sampler: Any, cfg: dict[str, Any]) -> None:
     """``step-NNNNNN/trainable.safetensors`` first, then ``state.pt`` naming it, each atomically: a kill at
     any moment leaves the previous complete checkpoint as the one a rerun resumes from."""
-    from safetensors.torch import save_file
 
     final, tmp = out / f"step-{step:06d}", out / f".tmp-step-{step:06d}"
     shutil.rmtree(tmp, ignore_errors=True)
@@ -365,7 +368,6 @@ def save(out: Path, step: int, core: Any, optimizer: Any, sampler: Any, cfg: dic
 
 
 def load_trainable(core: Any, path: Path) -> None:
-    from safetensors.torch import load_file
 
     weights = load_file(str(path))
     params = {n: p for n, p in core.named_parameters() if p.requires_grad}
@@ -394,15 +396,12 @@ def resume(out: Path, core: Any, optimizer: Any, sampler: Any, cfg: dict[str, An
 def export_student(adapter: Any, out_dir: Path, meta: dict[str, Any]) -> Path:
     """The aligned student as a Qwen2-Audio model folder (released key layout, processor, generation config),
     written atomically. An encoder LoRA is merged into the encoder weights first."""
-    from peft.tuners.lora import LoraLayer
+    from peft.tuners.lora import LoraLayer  # late: peft is slow to import
 
-    from xopd.models import export_pretrained
-    from xopd.paths import atomic_dir
 
     core = adapter.core
     lora_modules = [(n, m) for n, m in core.named_modules() if isinstance(m, LoraLayer)]
     if lora_modules:  # W + (alpha / r) B A into a fresh model (merge() + unmerge() would not restore W)
-        import copy
 
         with torch.no_grad():
             merged = {k: v.clone() for k, v in core.state_dict().items() if "lora_" not in k}
@@ -426,7 +425,6 @@ def validate(core: Any, adapter: Any, prompt: RepeatPrompt, clips: Clips, val: l
              voices: list[Any], batch_size: int, max_new_tokens: int) -> dict[str, Any]:
     """Per voice: repeat-WER of greedy decodes against the spoken text (``evalsuite.textnorm.corpus_wer``,
     overall and per task) and the teacher-forced loss on the target tokens."""
-    from evalsuite.textnorm import corpus_wer
 
     result: dict[str, Any] = {"wer": {}, "wer_by_task": {}, "loss": {}, "examples": {}}
     for voice in voices:
@@ -475,7 +473,6 @@ def prefill(clips: Clips, sampler: Any, first_step: int, args: argparse.Namespac
             texts: dict[str, list[str]], val: list[tuple[str, str]], eval_voices: list[Any]) -> None:
     """Render + encode every clip that steps ``first_step..max_steps`` and validation will read (a copy of
     the sampler is walked, so the real one does not move). Resumable: cached clips are skipped."""
-    from xopd.world.tune_teacher import Sampler
 
     walk = Sampler(sampler.sizes, sampler.seed)
     walk.load(sampler.state())
@@ -507,9 +504,6 @@ def train(args: argparse.Namespace, argv: list[str] | None = None) -> dict[str, 
         torch.set_num_interop_threads(1)
     except RuntimeError:
         pass
-    from evalsuite.speech import parse_variants
-    from xopd.world.parts import PARTS
-    from xopd.world.tune_teacher import Sampler
 
     voices = parse_variants(args.voices)
     eval_voices = parse_variants(args.eval_voices)

@@ -17,6 +17,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from evalsuite.reports import write_json
+
 SEEN, HELD_OUT = "hibari", "flite-kal"
 
 
@@ -171,7 +173,6 @@ def main(argv: list[str] | None = None) -> int:
     w["runs"] = runs
     w["checks"] = {what: ok for what, ok in checks(w)}
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    from evalsuite.reports import write_json
 
     write_json(args.out.with_suffix(".json"), w)
     text = markdown(w, runs)

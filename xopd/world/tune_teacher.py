@@ -28,7 +28,13 @@ from typing import Any
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # no tokenizer thread pool beside --threads
 
 import torch
+from safetensors.torch import load_file
 
+from evalsuite.backends.hf import HFBackend
+from evalsuite.run import TEXT, evaluate
+from evalsuite.tasks import load_task
+from evalsuite.types import GenParams
+from xopd.loading import load_text_lm
 from xopd.world.parts import items_of_part
 
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -184,8 +190,6 @@ def parse_weights(spec: str, names: list[str]) -> dict[str, float]:
 def validate(backend: Any, model: Any, tasks: list[Any], max_new_tokens: int) -> dict[str, Any]:
     """Greedy accuracy per task through the evaluation's own code path (prompts, left-padded batched
     generation, answer extraction, scoring), on the weights in memory."""
-    from evalsuite.run import TEXT, evaluate
-    from evalsuite.types import GenParams
 
     backend.attach(model)
     model.eval()
@@ -227,8 +231,7 @@ def save(out: Path, step: int, model: Any, optimizer: Any, sampler: Sampler, cfg
 
 def resume(out: Path, model: Any, optimizer: Any, sampler: Sampler, cfg: dict[str, Any]) -> int:
     """The step to continue after (0 for a fresh run), with weights, optimizer, RNG and data restored."""
-    from peft import set_peft_model_state_dict
-    from safetensors.torch import load_file
+    from peft import set_peft_model_state_dict  # late: peft is slow to import
 
     path = out / "state.pt"
     if not path.exists():
@@ -266,11 +269,8 @@ def main(argv: list[str] | None = None) -> int:
     cfg = {k: getattr(args, k) for k in RUN_KEYS}
     t_start = time.time()
 
-    from peft import LoraConfig, get_peft_model
+    from peft import LoraConfig, get_peft_model  # late: peft is slow to import
 
-    from evalsuite.backends.hf import HFBackend
-    from evalsuite.tasks import load_task
-    from xopd.loading import load_text_lm
 
     # The hf backend renders training prompts and runs validation: one prompt format for both.
     backend = HFBackend(args.model, batch_size=args.eval_batch_size, dtype="float32", device="cpu")
@@ -293,8 +293,7 @@ def main(argv: list[str] | None = None) -> int:
                       target_modules=list(LORA_TARGETS), task_type="CAUSAL_LM")
     model = get_peft_model(model, lora)
     if args.init_adapter:  # stage two: the earlier stage's weights, then this run's own optimizer and data
-        from peft import set_peft_model_state_dict
-        from safetensors.torch import load_file
+        from peft import set_peft_model_state_dict  # late: peft is slow to import
 
         path = Path(args.init_adapter) / "adapter_model.safetensors"
         if not path.exists():

@@ -12,11 +12,13 @@ never imports the test-fixture module to resolve a name.
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from xopd.families import ModelLoadError
 from xopd.paths import atomic_dir, file_lock, xopd_home
 
 
@@ -27,6 +29,8 @@ class ZooEntry:
     kind: str  # "text-lm" | "asr" | "speech-lm"
     description: str
     version: int = 1  # bump to force a rebuild when the builder's output changes
+    # files whose contents the build depends on (package-relative): a changed file rebuilds the model
+    inputs: tuple[str, ...] = ()
 
 
 ZOO: dict[str, ZooEntry] = {
@@ -49,6 +53,21 @@ ZOO: dict[str, ZooEntry] = {
             "xopd.zoo.assemble:build_default",
             "speech-lm",
             "Qwen2-Audio layout: whisper-tiny.en encoder + untrained projector + SmolLM2-135M-Instruct decoder",
+        ),
+        ZooEntry(
+            "xopd-demo-teacher",
+            "xopd.zoo.demo_world:build_teacher",
+            "text-lm",
+            "the demo world's text teacher: SmolLM2-135M-Instruct + a LoRA tuned on the default mix",
+            inputs=("demo_world/manifest.json",),
+        ),
+        ZooEntry(
+            "xopd-demo-student",
+            "xopd.zoo.demo_world:build_student",
+            "speech-lm",
+            "the demo world's speech student: xopd-speech-smollm2 with an earlier checkpoint of the teacher's "
+            "tuning in its LLM and an aligned projector",
+            inputs=("demo_world/manifest.json",),
         ),
     ]
 }
@@ -79,7 +98,8 @@ def ensure(name: str) -> Path:
         build = getattr(importlib.import_module(module), fn)
         with atomic_dir(target) as tmp:
             build(tmp)
-            (tmp / MANIFEST).write_text(json.dumps({"name": name, "version": entry.version, "kind": entry.kind}))
+            meta = {"name": name, "version": entry.version, "kind": entry.kind, "inputs": _inputs_digest(entry)}
+            (tmp / MANIFEST).write_text(json.dumps(meta))
     return target
 
 
@@ -109,8 +129,6 @@ def resolve_model_name(name: str) -> str:
         return name
     key = name[len(FIXTURE_PREFIX) :]
     if key not in FIXTURE_SUBDIRS:
-        from xopd.families import ModelLoadError
-
         raise ModelLoadError(
             f"unknown fixture {name!r}; available: {', '.join(FIXTURE_PREFIX + k for k in FIXTURE_SUBDIRS)}"
         )
@@ -131,4 +149,15 @@ def _is_current(target: Path, entry: ZooEntry) -> bool:
         meta = json.loads((target / MANIFEST).read_text())
     except (OSError, ValueError):
         return False
-    return meta.get("version") == entry.version
+    return meta.get("version") == entry.version and meta.get("inputs") == _inputs_digest(entry)
+
+
+def _inputs_digest(entry: ZooEntry) -> str | None:
+    """sha256 over the entry's input files (None when it has none): shipping new deltas rebuilds the model."""
+    if not entry.inputs:
+        return None
+    h = hashlib.sha256()
+    for rel in entry.inputs:
+        path = Path(__file__).parent / rel
+        h.update(rel.encode() + b"\0" + (path.read_bytes() if path.is_file() else b"<missing>") + b"\0")
+    return h.hexdigest()

@@ -26,6 +26,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from xopd.families import released_qwen2_audio_key
+from xopd.zoo import ensure
 
 DELTAS = Path(__file__).with_name("demo_world")
 MANIFEST = "manifest.json"
@@ -151,13 +152,11 @@ def build_speech(base: Path, out_dir: Path, root: Path = DELTAS) -> None:
 
 def build_teacher(out_dir: Path) -> None:
     """Zoo builder of ``xopd-demo-teacher``: SmolLM2-135M-Instruct + the teacher LoRA."""
-    from xopd.zoo import ensure
 
     build_text(ensure("smollm2-135m-instruct"), out_dir)
 
 
 def build_student(out_dir: Path) -> None:
     """Zoo builder of ``xopd-demo-student``: the assembled speech LLM + student LoRA + aligned projector."""
-    from xopd.zoo import ensure
 
     build_speech(ensure("xopd-speech-smollm2"), out_dir)

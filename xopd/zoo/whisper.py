@@ -305,7 +305,7 @@ def _build_tokenizer(model_dir: Path, vocab: list[str], staging: Path) -> Any:
     that the model can emit exist only in ``vocabulary.txt``. They are appended as (non-special) added
     tokens, as in OpenAI's own HF tokenizers, so the tokenizer covers every id the model can produce.
     """
-    from transformers import WhisperTokenizer
+    from transformers import WhisperTokenizer  # late: xopd.zoo stays torch-free at import
 
     tok_json = json.loads((model_dir / "tokenizer.json").read_text(encoding="utf-8"))
     known = {int(t["id"]) for t in tok_json["added_tokens"]} | set(tok_json["model"]["vocab"].values())
