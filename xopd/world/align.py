@@ -68,6 +68,7 @@ from xopd.loading import load_text_lm
 from xopd.models import export_pretrained, load_adapter, resolve_model_name
 from xopd.paths import atomic_dir
 from xopd.prompting import TRANSCRIBE_INSTRUCTION
+from xopd.world.cli import add_run_args, parser
 from xopd.world.encoder_cache import EncoderCache, audio_features, encode_features
 from xopd.world.parts import PARTS, items_of_part
 from xopd.world.tune_teacher import (
@@ -86,7 +87,7 @@ RUN_KEYS = ("base", "llm", "llm_adapter", "tasks", "parts", "voices", "items_per
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
-    p = argparse.ArgumentParser(prog="python -m xopd.world.align", description=__doc__.split("\n")[0])
+    p = parser("xopd.world.align", __doc__)
     p.add_argument("--out", required=True, help="run folder (checkpoints, state.pt, eval.jsonl)")
     p.add_argument("--base", default="xopd-speech-smollm2",
                    help="speech LLM to align (zoo name, path, fixture:<key>)")
@@ -109,15 +110,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--encoder-lora-alpha", type=int, default=None, help="LoRA alpha (default 2 x rank)")
     p.add_argument("--cache-dtype", default="float16", choices=("float16", "float32"))
     p.add_argument("--cache-dir", default=None, help="encoder cache root (default $XOPD_HOME/encoder-cache)")
-    p.add_argument("--max-steps", type=int, default=1500)
-    p.add_argument("--max-minutes", type=float, default=None, help="save and stop after this many minutes")
-    p.add_argument("--save-every", type=int, default=50)
-    p.add_argument("--eval-every", type=int, default=250)
-    p.add_argument("--eval-limit", type=int, default=8, help="validation items per task (per eval voice)")
-    p.add_argument("--eval-batch-size", type=int, default=8)
-    p.add_argument("--eval-max-new-tokens", type=int, default=128)
-    p.add_argument("--log-every", type=int, default=5)
-    p.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
+    add_run_args(p, max_steps=1500, save_every=50, eval_every=250, eval_limit=8,
+                 eval_limit_help="validation items per task (per eval voice)", eval_batch_size=8,
+                 eval_max_new_tokens=128)
     p.add_argument("--prefill-only", action="store_true",
                    help="render + encode the clips of the remaining steps and of validation, then exit")
     p.add_argument("--no-export", action="store_true", help="do not write student/ after the last step")

@@ -12,12 +12,12 @@ the JSON and percents in the Markdown; ΔS and ΔT are the paper's Avg. Drop % a
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 from typing import Any
 
 from evalsuite.reports import write_json
+from xopd.world.cli import parser
 
 SEEN, HELD_OUT = "hibari", "flite-kal"
 
@@ -156,8 +156,7 @@ def markdown(w: dict[str, Any], runs: list[dict[str, Any]]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m xopd.world.report", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = parser("xopd.world.report", __doc__)
     p.add_argument("--gap", required=True, type=Path, help="report.json of xopd-eval gap (student + teacher)")
     p.add_argument("--perception", required=True, type=Path, help="report.json of xopd-eval perception")
     p.add_argument("--out", required=True, type=Path, help="writes OUT.json and OUT.md")

@@ -12,7 +12,6 @@ numbers a report gives are the shipped models', float16 deltas and all.
 
 from __future__ import annotations
 
-import argparse
 import json
 import re
 import sys
@@ -21,6 +20,7 @@ from typing import Any
 
 from safetensors.torch import load_file
 
+from xopd.world.cli import parser
 from xopd.zoo.demo_world import DELTAS, lora_from_peft, write_deltas
 
 LIMIT_BYTES = 40 * 2**20  # the issue's budget for everything shipped
@@ -62,8 +62,7 @@ def audio_delta(ckpt: Path) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m xopd.world.ship", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = parser("xopd.world.ship", __doc__)
     p.add_argument("--teacher", required=True, type=Path, help="the teacher's LoRA checkpoint (step-NNNNNN/)")
     p.add_argument("--student-llm", required=True, type=Path, help="the student LLM's (earlier) LoRA checkpoint")
     p.add_argument("--student-audio", required=True, type=Path, help="the alignment run's checkpoint")

@@ -35,6 +35,7 @@ from evalsuite.run import TEXT, evaluate
 from evalsuite.tasks import load_task
 from evalsuite.types import GenParams
 from xopd.loading import load_text_lm
+from xopd.world.cli import add_run_args, parser
 from xopd.world.parts import items_of_part
 
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -46,7 +47,7 @@ RUN_KEY_DEFAULTS = {"task_weights": "", "schedule": "constant", "init_adapter": 
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m xopd.world.tune_teacher", description=__doc__.split("\n")[0])
+    p = parser("xopd.world.tune_teacher", __doc__)
     p.add_argument("--out", required=True, help="run folder (checkpoints, state.pt, eval.jsonl)")
     p.add_argument("--model", default="smollm2-135m-instruct", help="zoo name, local path or fixture:<key>")
     p.add_argument("--tasks", default="sums,counting,syllogism,family", help="comma-separated task names")
@@ -66,15 +67,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--lora-alpha", type=int, default=32)
     p.add_argument("--weight-decay", type=float, default=0.0)
     p.add_argument("--grad-clip", type=float, default=1.0, help="max global grad norm (0: off)")
-    p.add_argument("--max-steps", type=int, default=2000)
-    p.add_argument("--max-minutes", type=float, default=None, help="save and stop after this many minutes")
-    p.add_argument("--save-every", type=int, default=100)
-    p.add_argument("--eval-every", type=int, default=100)
-    p.add_argument("--eval-limit", type=int, default=64, help="validation items per task")
-    p.add_argument("--eval-batch-size", type=int, default=16)
-    p.add_argument("--eval-max-new-tokens", type=int, default=8)
-    p.add_argument("--log-every", type=int, default=5)
-    p.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
+    add_run_args(p, max_steps=2000, save_every=100, eval_every=100, eval_limit=64,
+                 eval_limit_help="validation items per task", eval_batch_size=16, eval_max_new_tokens=8)
     return p.parse_args(argv)
 
 
