@@ -33,6 +33,17 @@ def _figure(width: float = 6.4, height: float = 4.0) -> tuple[Figure, object]:
     return fig, fig.add_subplot(1, 1, 1)
 
 
+def _finish(fig: Figure, ax: object, xlabel: str, ylabel: str, title: str, *, legend: bool = True) -> Figure:
+    """``fig`` with its axis labels, title and (by default) legend, laid out."""
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    if legend:
+        ax.legend()
+    fig.tight_layout()
+    return fig
+
+
 def save(fig: Figure, path: str | Path, dpi: int = 110) -> Path:
     """Write ``fig`` as a PNG at ``path`` atomically (never a half-written image)."""
     buf = io.BytesIO()
@@ -55,12 +66,8 @@ def plot_kl_by_position(by_position: pd.DataFrame) -> Figure:
         ax.bar(xs, d["kl"], width, label=m, color=COLORS.get(m))
     ax.axhline(0, color="black", linewidth=0.6)
     ax.set_xticks(x, list(buckets["bucket"]))
-    ax.set_xlabel("completion position")
-    ax.set_ylabel("mean reverse KL (student lp - teacher lp)")
-    ax.set_title("where the student leaves the teacher")
-    ax.legend()
-    fig.tight_layout()
-    return fig
+    ylabel = "mean reverse KL (student lp - teacher lp)"
+    return _finish(fig, ax, "completion position", ylabel, "where the student leaves the teacher")
 
 
 def plot_kl_over_steps(by_step: pd.DataFrame) -> Figure:
@@ -70,12 +77,7 @@ def plot_kl_over_steps(by_step: pd.DataFrame) -> Figure:
         d = by_step[by_step["modality"] == m].sort_values("step")
         ax.plot(d["step"], d["kl"], marker="o", label=m, color=COLORS.get(m))
     ax.axhline(0, color="black", linewidth=0.6)
-    ax.set_xlabel("training step")
-    ax.set_ylabel("mean reverse KL")
-    ax.set_title("divergence over training")
-    ax.legend()
-    fig.tight_layout()
-    return fig
+    return _finish(fig, ax, "training step", "mean reverse KL", "divergence over training")
 
 
 def plot_first_divergence(fd: pd.DataFrame, threshold: float) -> Figure:
@@ -90,12 +92,7 @@ def plot_first_divergence(fd: pd.DataFrame, threshold: float) -> Figure:
         hit = d.dropna().astype(int)
         label = f"{m} ({len(hit)}/{len(d)} diverge)"
         ax.hist(hit, bins=bins, alpha=0.6, label=label, color=COLORS.get(m))
-    ax.set_xlabel(f"first position with advantage < {threshold}")
-    ax.set_ylabel("rollouts")
-    ax.set_title("first divergence")
-    ax.legend()
-    fig.tight_layout()
-    return fig
+    return _finish(fig, ax, f"first position with advantage < {threshold}", "rollouts", "first divergence")
 
 
 def plot_text_vs_speech(pairs: pd.DataFrame) -> Figure:
@@ -106,11 +103,8 @@ def plot_text_vs_speech(pairs: pd.DataFrame) -> Figure:
     lo, hi = (float(vals.min()), float(vals.max())) if len(vals) else (0.0, 1.0)
     pad = 0.05 * (hi - lo or 1.0)
     ax.plot([lo - pad, hi + pad], [lo - pad, hi + pad], color="gray", linewidth=0.8, linestyle="--")
-    ax.set_xlabel("KL on the text prompt")
-    ax.set_ylabel("KL on the spoken prompt")
-    ax.set_title(f"text vs speech, same prompt ({len(pairs)})")
-    fig.tight_layout()
-    return fig
+    title = f"text vs speech, same prompt ({len(pairs)})"
+    return _finish(fig, ax, "KL on the text prompt", "KL on the spoken prompt", title, legend=False)
 
 
 def write_figures(

@@ -3,6 +3,8 @@ in, chart objects out. One palette everywhere: speech in reds, text in blue, the
 
 from __future__ import annotations
 
+from typing import Any
+
 import altair as alt
 import pandas as pd
 
@@ -29,6 +31,11 @@ def mode_scale(modes: list[str]) -> alt.Scale:
     return alt.Scale(domain=[*known, *speech], range=[*(fixed[m] for m in known), *reds])
 
 
+def _lines(df: pd.DataFrame, height: int, **encoding: Any) -> alt.Chart:
+    """A line with a point per row of ``df``, ``encoding`` as :meth:`altair.Chart.encode` takes it."""
+    return alt.Chart(df).mark_line(point=True).encode(**encoding).properties(height=height)
+
+
 def step_axis(df: pd.DataFrame) -> alt.X:
     """Steps on a number line when every row has one, else one slot per report (``at``)."""
     if "step" in df and df["step"].notna().all():
@@ -38,28 +45,20 @@ def step_axis(df: pd.DataFrame) -> alt.X:
 
 def kl_over_steps(df: pd.DataFrame) -> alt.Chart:
     """``step, modality, source, kl``: a line per modality and source."""
-    return (
-        alt.Chart(df)
-        .mark_line(point=True)
-        .encode(
-            x=alt.X("step:Q", title="step", axis=alt.Axis(tickMinStep=1)),
-            y=alt.Y("kl:Q", title="reverse KL (nats / token)"),
-            color=alt.Color("modality:N", scale=modality_scale()),
-            strokeDash=alt.StrokeDash("source:N", legend=alt.Legend(orient="bottom", title=None)),
-            tooltip=["step", "modality", "source", alt.Tooltip("kl:Q", format=".4f")],
-        )
-        .properties(height=320)
+    return _lines(
+        df,
+        320,
+        x=alt.X("step:Q", title="step", axis=alt.Axis(tickMinStep=1)),
+        y=alt.Y("kl:Q", title="reverse KL (nats / token)"),
+        color=alt.Color("modality:N", scale=modality_scale()),
+        strokeDash=alt.StrokeDash("source:N", legend=alt.Legend(orient="bottom", title=None)),
+        tooltip=["step", "modality", "source", alt.Tooltip("kl:Q", format=".4f")],
     )
 
 
 def metrics_over_steps(df: pd.DataFrame) -> alt.Chart:
     """``step, metric, value``."""
-    return (
-        alt.Chart(df)
-        .mark_line(point=True)
-        .encode(x="step:Q", y="value:Q", color="metric:N", tooltip=["step", "metric", "value"])
-        .properties(height=260)
-    )
+    return _lines(df, 260, x="step:Q", y="value:Q", color="metric:N", tooltip=["step", "metric", "value"])
 
 
 def kl_by_position(df: pd.DataFrame) -> alt.Chart:
@@ -80,16 +79,13 @@ def kl_by_position(df: pd.DataFrame) -> alt.Chart:
 
 def accuracy(df: pd.DataFrame) -> alt.Chart:
     """Accuracy per evalsuite mode over steps (rows of :func:`app.series.gap_frames`' first table)."""
-    return (
-        alt.Chart(df)
-        .mark_line(point=True)
-        .encode(
-            x=step_axis(df),
-            y=alt.Y("accuracy:Q", scale=alt.Scale(domain=[0, 1]), axis=_PCT),
-            color=alt.Color("mode:N", scale=mode_scale(sorted(set(df["mode"])))),
-            tooltip=["at", "mode", _pct("accuracy"), "n"],
-        )
-        .properties(height=300)
+    return _lines(
+        df,
+        300,
+        x=step_axis(df),
+        y=alt.Y("accuracy:Q", scale=alt.Scale(domain=[0, 1]), axis=_PCT),
+        color=alt.Color("mode:N", scale=mode_scale(sorted(set(df["mode"])))),
+        tooltip=["at", "mode", _pct("accuracy"), "n"],
     )
 
 
@@ -129,10 +125,5 @@ def word_error_rate(df: pd.DataFrame) -> alt.Chart:
     """ASR WER of the base and the trained model over steps."""
     long = df.melt(id_vars=["step", "at"], value_vars=["base_wer", "model_wer"], var_name="model",
                    value_name="wer")  # fmt: skip
-    return (
-        alt.Chart(long)
-        .mark_line(point=True)
-        .encode(x=step_axis(long), y=alt.Y("wer:Q", axis=_PCT), color="model:N",
-                tooltip=["at", "model", _pct("wer")])
-        .properties(height=220)
-    )
+    tips = ["at", "model", _pct("wer")]
+    return _lines(long, 220, x=step_axis(long), y=alt.Y("wer:Q", axis=_PCT), color="model:N", tooltip=tips)

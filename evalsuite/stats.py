@@ -59,25 +59,27 @@ def _paired(a, b, names: tuple[str, str] = ("a", "b")) -> tuple[np.ndarray, np.n
     return a, b
 
 
-def _check_confidence(confidence: float) -> None:
-    if not 0.0 < confidence < 1.0:
-        raise ValueError(f"confidence must be in (0, 1), got {confidence}")
-
-
 def flip_counts(a, b) -> tuple[int, int]:
     """(a✓b✗, a✗b✓): the discordant pairs, e.g. (text right & speech wrong, text wrong & speech right)."""
     a, b = _paired(a, b)
     return int(np.count_nonzero(a & ~b)), int(np.count_nonzero(~a & b))
 
 
-def _bootstrap_diffs(a: np.ndarray, b: np.ndarray, n_boot: int, seed: int) -> np.ndarray:
-    """n_boot replicates of mean(a) − mean(b) under joint resampling of the n items (see module docstring)."""
+def _bootstrap_rng(confidence: float, n_boot: int, seed: int) -> np.random.Generator:
+    """The replicates' generator, once ``confidence`` and ``n_boot`` are checked."""
+    if not 0.0 < confidence < 1.0:
+        raise ValueError(f"confidence must be in (0, 1), got {confidence}")
     if n_boot < 1:
         raise ValueError(f"n_boot must be >= 1, got {n_boot}")
+    return np.random.default_rng(seed)
+
+
+def _bootstrap_diffs(a: np.ndarray, b: np.ndarray, n_boot: int, rng: np.random.Generator) -> np.ndarray:
+    """n_boot replicates of mean(a) − mean(b) under joint resampling of the n items (see module docstring)."""
     n = a.size
     a_only, b_only = flip_counts(a, b)
     probs = np.array([a_only, b_only, n - a_only - b_only], dtype=float) / n
-    counts = np.random.default_rng(seed).multinomial(n, probs, size=n_boot)
+    counts = rng.multinomial(n, probs, size=n_boot)
     return (counts[:, 0] - counts[:, 1]) / n
 
 
@@ -86,8 +88,7 @@ def paired_bootstrap_ci(
 ) -> tuple[float, float, float]:
     """(mean(a) − mean(b), lo, hi): a two-sided percentile bootstrap interval of the paired difference."""
     a, b = _paired(a, b)
-    _check_confidence(confidence)
-    diffs = _bootstrap_diffs(a, b, n_boot, seed)
+    diffs = _bootstrap_diffs(a, b, n_boot, _bootstrap_rng(confidence, n_boot, seed))
     tail = (1.0 - confidence) / 2.0
     lo, hi = np.quantile(diffs, [tail, 1.0 - tail])
     return float(a.mean() - b.mean()), float(lo), float(hi)
@@ -98,8 +99,7 @@ def one_sided_lower_bound(
 ) -> float:
     """The one-sided lower confidence bound of mean(new) − mean(base) (percentile bootstrap)."""
     new, base = _paired(new, base, ("new", "base"))
-    _check_confidence(confidence)
-    diffs = _bootstrap_diffs(new, base, n_boot, seed)
+    diffs = _bootstrap_diffs(new, base, n_boot, _bootstrap_rng(confidence, n_boot, seed))
     return float(np.quantile(diffs, 1.0 - confidence))
 
 
@@ -174,18 +174,11 @@ def stratified_macro_bootstrap_ci(
     """
     if not strata:
         raise ValueError("no strata: a macro difference needs at least one task")
-    _check_confidence(confidence)
-    if n_boot < 1:
-        raise ValueError(f"n_boot must be >= 1, got {n_boot}")
-    rng = np.random.default_rng(seed)
+    rng = _bootstrap_rng(confidence, n_boot, seed)
     point, reps = [], np.zeros(n_boot)
     for k, (a, b) in enumerate(strata):
         a, b = _paired(a, b, (f"strata[{k}].a", f"strata[{k}].b"))
-        n = a.size
-        a_only, b_only = flip_counts(a, b)
-        probs = np.array([a_only, b_only, n - a_only - b_only], dtype=float) / n
-        counts = rng.multinomial(n, probs, size=n_boot)
-        reps += (counts[:, 0] - counts[:, 1]) / n
+        reps += _bootstrap_diffs(a, b, n_boot, rng)
         point.append(a.mean() - b.mean())
     lo, hi = _quantiles(reps / len(strata), confidence)
     return float(np.mean(point)), lo, hi
@@ -209,10 +202,7 @@ def avg_drop_bootstrap_ci(
     """
     if not pairs:
         raise ValueError("avg_drop_bootstrap_ci: no tasks given")
-    _check_confidence(confidence)
-    if n_boot < 1:
-        raise ValueError(f"n_boot must be >= 1, got {n_boot}")
-    rng = np.random.default_rng(seed)
+    rng = _bootstrap_rng(confidence, n_boot, seed)
     base_acc: dict[str, float] = {}
     score_acc: dict[str, float] = {}
     base_reps: dict[str, np.ndarray] = {}

@@ -159,6 +159,17 @@ def test_omni_thinker_equals_teacher_on_text(tokenizer, teacher, omni_thinker):
 # ---------------------------------------------------------------------------------------------- audio
 
 
+def _check_forward_and_generate(model, inputs) -> None:
+    """One prompt's forward: finite logits over the vocabulary; greedy generation continues the prompt."""
+    out = model(**inputs)
+    assert out.logits.shape == (1, inputs["input_ids"].shape[1], model.config.text_config.vocab_size)
+    assert torch.isfinite(out.logits).all()
+    generated = model.generate(**inputs, max_new_tokens=4, do_sample=False)
+    prompt_len = inputs["input_ids"].shape[1]
+    assert generated.shape[0] == 1 and prompt_len < generated.shape[1] <= prompt_len + 4
+    assert torch.equal(generated[:, :prompt_len], inputs["input_ids"])
+
+
 @torch.no_grad()
 def test_qwen2_audio_audio_prompt(tokenizer, qwen2_audio):
     model, processor = qwen2_audio
@@ -176,13 +187,7 @@ def test_qwen2_audio_audio_prompt(tokenizer, qwen2_audio):
     _, n_embeddings = model.model.audio_tower._get_feat_extract_output_lengths(frames_per_audio)
     assert int(n_embeddings.sum()) == n_placeholders <= encoded.shape[1]
 
-    out = model(**inputs)
-    assert out.logits.shape == (1, inputs["input_ids"].shape[1], model.config.text_config.vocab_size)
-    assert torch.isfinite(out.logits).all()
-    generated = model.generate(**inputs, max_new_tokens=4, do_sample=False)
-    prompt_len = inputs["input_ids"].shape[1]
-    assert generated.shape[0] == 1 and prompt_len < generated.shape[1] <= prompt_len + 4
-    assert torch.equal(generated[:, :prompt_len], inputs["input_ids"])
+    _check_forward_and_generate(model, inputs)
 
 
 @torch.no_grad()
@@ -198,13 +203,7 @@ def test_omni_thinker_audio_prompt(tokenizer, omni_thinker):
     assert n_placeholders == embeddings.shape[0] == fx.audio_token_count(150) == 37
     assert embeddings.shape[1] == model.config.text_config.hidden_size
 
-    out = model(**inputs)
-    assert out.logits.shape == (1, inputs["input_ids"].shape[1], model.config.text_config.vocab_size)
-    assert torch.isfinite(out.logits).all()
-    generated = model.generate(**inputs, max_new_tokens=4, do_sample=False)
-    prompt_len = inputs["input_ids"].shape[1]
-    assert generated.shape[0] == 1 and prompt_len < generated.shape[1] <= prompt_len + 4
-    assert torch.equal(generated[:, :prompt_len], inputs["input_ids"])
+    _check_forward_and_generate(model, inputs)
 
 
 def test_omni_thinker_inputs_match_the_official_expansion(tokenizer, qwen2_audio, omni_thinker):

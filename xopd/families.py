@@ -183,8 +183,13 @@ def omni_inputs(
     tokenizer: Any = None,
     feature_extractor: Any = None,
 ) -> Any:
-    """The processor when it loaded; else (Qwen2.5-Omni without torchvision) the tokenizer and the feature
-    extractor reproduce its text + audio path (:func:`omni_thinker_inputs`)."""
+    """What a speech model reads for rendered ``texts`` and their ``audios`` (in placeholder order); also
+    :func:`xopd.prompting.speech_inputs`, what the evalsuite backends call. Keys: ``input_ids``,
+    ``attention_mask`` and, with audio, ``input_features`` / ``feature_attention_mask`` (torch tensors).
+
+    The processor when it loaded (:func:`processor_inputs`: each placeholder expanded to one audio token per
+    embedding, rows left-padded, no special tokens added); else (Qwen2.5-Omni's processor needs torchvision)
+    the tokenizer and the feature extractor reproduce its text + audio path (:func:`omni_thinker_inputs`)."""
     if processor is not None and hasattr(processor, "feature_extractor"):
         return processor_inputs(processor, texts, audios)
     if tokenizer is None or feature_extractor is None:

@@ -342,20 +342,25 @@ def _scatter_rows(vals: Tensor, m: Tensor) -> Tensor:
     return out.view(m.shape)
 
 
+def _check_student_teacher(student: Tensor, teacher: Tensor, what: str, each: str, last: str) -> None:
+    """Both ``[B, T, <last>]`` over the same ``[B, T]``; ``what`` names both in the messages, ``each`` one."""
+    if student.dim() != 3 or teacher.dim() != 3:
+        raise ValueError(
+            f"{what} must be [B, T, {last}], got student {tuple(student.shape)}, "
+            f"teacher {tuple(teacher.shape)}"
+        )
+    if student.shape[:2] != teacher.shape[:2]:
+        raise ValueError(
+            f"student {each} {tuple(student.shape)} and teacher {each} {tuple(teacher.shape)} "
+            "cover different [B, T]"
+        )
+
+
 def _plain_divergence(
     row_fn: Callable, student_logits: Tensor, teacher_logits: Tensor, mask: Tensor, vocab_size: int | None,
     temperature: float,
 ) -> Tensor:
-    if student_logits.dim() != 3 or teacher_logits.dim() != 3:
-        raise ValueError(
-            f"logits must be [B, T, V], got student {tuple(student_logits.shape)}, "
-            f"teacher {tuple(teacher_logits.shape)}"
-        )
-    if student_logits.shape[:2] != teacher_logits.shape[:2]:
-        raise ValueError(
-            f"student logits {tuple(student_logits.shape)} and teacher logits {tuple(teacher_logits.shape)} "
-            "cover different [B, T]"
-        )
+    _check_student_teacher(student_logits, teacher_logits, "logits", "logits", "V")
     v = _shared_vocab(student_logits.shape[-1], teacher_logits.shape[-1], vocab_size, "logits")
     m = _bool_mask(mask, student_logits.shape[:2])
     # only real completion rows are touched: a padded row of -inf logits would make log_softmax NaN
@@ -491,16 +496,7 @@ def chunked_divergence(
     ``hidden @ weight.T`` logits.
     """
     row_fn = _row_fn(divergence, beta=beta, k=k, topk_mode=topk_mode)
-    if student_hidden.dim() != 3 or teacher_hidden.dim() != 3:
-        raise ValueError(
-            f"hidden states must be [B, T, H], got student {tuple(student_hidden.shape)}, "
-            f"teacher {tuple(teacher_hidden.shape)}"
-        )
-    if student_hidden.shape[:2] != teacher_hidden.shape[:2]:
-        raise ValueError(
-            f"student hidden {tuple(student_hidden.shape)} and teacher hidden {tuple(teacher_hidden.shape)} "
-            "cover different [B, T]"
-        )
+    _check_student_teacher(student_hidden, teacher_hidden, "hidden states", "hidden", "H")
     heads = (("student", student_hidden, student_weight), ("teacher", teacher_hidden, teacher_weight))
     for name, h, w in heads:
         if w.dim() != 2 or w.shape[1] != h.shape[-1]:
@@ -561,6 +557,21 @@ def _check_ids(ids: Tensor, v: int) -> None:
         )
 
 
+def _completion_ids(
+    token_ids: Tensor, mask: Tensor, shape: torch.Size, rows: int, vocab_size: int | None, what: str
+) -> tuple[Tensor, int, Tensor]:
+    """(bool mask, vocabulary size, the ``token_ids`` at its positions) for a ``[B, T]`` = ``shape`` ``mask``
+    and a head of ``rows`` rows (``what``: said after them in the message); ids are checked against it."""
+    m = _bool_mask(mask, shape)
+    _check_same_shape(token_ids=token_ids, mask=mask)
+    v = rows if vocab_size is None else vocab_size
+    if not 0 < v <= rows:
+        raise ValueError(f"vocab_size={v} must be in [1, {rows}]{what}")
+    ids = token_ids[m].long()
+    _check_ids(ids, v)
+    return m, v, ids
+
+
 def _token_logprob_rows(logits: Tensor, ids: Tensor) -> Tensor:
     return logits.gather(-1, ids.unsqueeze(-1)).squeeze(-1) - logits.logsumexp(-1)
 
@@ -576,13 +587,7 @@ def token_logprobs_from_logits(
     """log softmax(logits / temperature)[token_ids] at completion positions, 0 elsewhere -> [B, T]."""
     if logits.dim() != 3:
         raise ValueError(f"logits must be [B, T, V], got {tuple(logits.shape)}")
-    m = _bool_mask(mask, logits.shape[:2])
-    _check_same_shape(token_ids=token_ids, mask=mask)
-    v = logits.shape[-1] if vocab_size is None else vocab_size
-    if not 0 < v <= logits.shape[-1]:
-        raise ValueError(f"vocab_size={v} must be in [1, {logits.shape[-1]}]")
-    ids = token_ids[m].long()
-    _check_ids(ids, v)
+    m, v, ids = _completion_ids(token_ids, mask, logits.shape[:2], logits.shape[-1], vocab_size, "")
     rows = _upcast(logits[..., :v][m]) / temperature
     return _scatter_rows(_token_logprob_rows(rows, ids), m)
 
@@ -608,13 +613,9 @@ def token_logprobs(
         raise ValueError(f"hidden must be [B, T, H], got {tuple(hidden.shape)}")
     if weight.dim() != 2 or weight.shape[1] != hidden.shape[-1]:
         raise ValueError(f"weight must be [V, {hidden.shape[-1]}], got {tuple(weight.shape)}")
-    m = _bool_mask(mask, hidden.shape[:2])
-    _check_same_shape(token_ids=token_ids, mask=mask)
-    v = weight.shape[0] if vocab_size is None else vocab_size
-    if not 0 < v <= weight.shape[0]:
-        raise ValueError(f"vocab_size={v} must be in [1, {weight.shape[0]}] (lm_head rows)")
-    ids = token_ids[m].long()
-    _check_ids(ids, v)
+    m, v, ids = _completion_ids(
+        token_ids, mask, hidden.shape[:2], weight.shape[0], vocab_size, " (lm_head rows)"
+    )
     w = weight[:v]
     b = None if bias is None else bias[:v]
 
@@ -684,13 +685,9 @@ def sampler_token_logprobs(
     """
     if hidden.dim() != 3:
         raise ValueError(f"hidden must be [B, T, H], got {tuple(hidden.shape)}")
-    m = _bool_mask(mask, hidden.shape[:2])
-    _check_same_shape(token_ids=token_ids, mask=mask)
-    v = weight.shape[0] if vocab_size is None else vocab_size
-    if not 0 < v <= weight.shape[0]:
-        raise ValueError(f"vocab_size={v} must be in [1, {weight.shape[0]}] (lm_head rows)")
-    ids = token_ids[m].long()
-    _check_ids(ids, v)
+    m, v, ids = _completion_ids(
+        token_ids, mask, hidden.shape[:2], weight.shape[0], vocab_size, " (lm_head rows)"
+    )
     # Rows past the shared vocabulary (padded head rows) are banned too. A sampler that bans first never
     # sees them; one that bans last (transformers) warps over them first, so they stay in for top-p.
     rows = v if banned_first else weight.shape[0]

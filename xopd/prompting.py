@@ -173,21 +173,8 @@ def render(
     return Rendered(text=text, ids=[int(i) for i in ids], n_audio=n_audio)
 
 
-def speech_inputs(
-    processor: Any,
-    texts: Sequence[str],
-    audios: Sequence[Any],
-    *,
-    tokenizer: Any = None,
-    feature_extractor: Any = None,
-) -> Any:
-    """What a speech model reads for rendered ``texts`` and their ``audios`` (in placeholder order): the
-    processor expands each placeholder to one audio token per embedding and extracts the features; rows are
-    left-padded, no special tokens added. Keys: ``input_ids``, ``attention_mask`` and, with audio,
-    ``input_features`` / ``feature_attention_mask`` (torch tensors).
-
-    Without a processor that has a feature extractor (Qwen2.5-Omni's needs torchvision), ``tokenizer`` and
-    ``feature_extractor`` reproduce its text + audio path (:func:`xopd.families.omni_inputs`, the input
-    builder of the families whose processor is optional).
-    """
-    return omni_inputs(processor, texts, audios, tokenizer=tokenizer, feature_extractor=feature_extractor)
+#: What a speech model reads for rendered ``texts`` and their ``audios`` (in placeholder order):
+#: ``speech_inputs(processor, texts, audios, *, tokenizer=None, feature_extractor=None)``, the processor's
+#: expansion with the tokenizer + feature-extractor fallback -- :func:`xopd.families.omni_inputs` itself, the
+#: input builder of the families whose processor is optional.
+speech_inputs = omni_inputs

@@ -114,12 +114,21 @@ class RolloutEngine(ABC):
     # logits processor before its temperature/top-p warpers (measured: 1e-6 against 4e-3 the other way).
     bans_before_warping = True
 
-    @abstractmethod
+    @torch.no_grad()
     def generate(
         self, prompts: Sequence[Prompt], params: SamplingParams, seeds: Sequence[int] | None = None
     ) -> Rollouts:
         """``params.n`` samples per prompt, prompt-major. With ``seeds`` (one per prompt) a prompt's samples
         depend only on its seed, not on the batch or the process it lands in."""
+        if not prompts:
+            raise ValueError("generate needs at least one prompt")
+        return self._generate(prompts, params, seeds)
+
+    @abstractmethod
+    def _generate(
+        self, prompts: Sequence[Prompt], params: SamplingParams, seeds: Sequence[int] | None
+    ) -> Rollouts:
+        """:meth:`generate` for at least one prompt, without gradient."""
 
     def sync_weights(self) -> None:  # noqa: B027 -- optional hook, a no-op by default
         """Make the engine sample from the model's current weights (after an optimizer step). The HF engine
@@ -174,12 +183,9 @@ class HFRolloutEngine(RolloutEngine):
             output_scores=True,
         )
 
-    @torch.no_grad()
-    def generate(
-        self, prompts: Sequence[Prompt], params: SamplingParams, seeds: Sequence[int] | None = None
+    def _generate(
+        self, prompts: Sequence[Prompt], params: SamplingParams, seeds: Sequence[int] | None
     ) -> Rollouts:
-        if not prompts:
-            raise ValueError("generate needs at least one prompt")
         if seeds is not None:
             return pad_rollouts(
                 [self._seeded(i, p, params, s) for i, (p, s) in enumerate(zip(prompts, seeds, strict=True))]

@@ -385,12 +385,9 @@ class VLLMRolloutEngine(RolloutEngine):
             "multi_modal_data": {"audio": (prompt_audio(prompt, index), SAMPLE_RATE)},
         }
 
-    @torch.no_grad()
-    def generate(
-        self, prompts: Sequence[Prompt], params: SamplingParams, seeds: Sequence[int] | None = None
+    def _generate(
+        self, prompts: Sequence[Prompt], params: SamplingParams, seeds: Sequence[int] | None
     ) -> Rollouts:
-        if not prompts:
-            raise ValueError("generate needs at least one prompt")
         if seeds is None:
             # from torch's global RNG: the trainer checkpoints it, so a resumed run draws the same
             seeds = torch.randint(0, _SEED_BOUND, (len(prompts),), dtype=torch.int64).tolist()

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -129,32 +130,23 @@ def heldout_reverse_kl(
     teacher: ModelAdapter,
     pairs: Sequence[PromptPair],
     *,
-    vocab_size: int,
-    modalities: Sequence[str] = (TEXT, SPEECH),
-    n: int = 1,
-    max_new_tokens: int = 64,
-    temperature: float = 1.0,
     seed: int = 1234,
-    batch_size: int = 16,
-    system: str | None = None,
-    variant: str = "clean",
+    **sampling: Any,
 ) -> dict[str, float]:
     """Mean teacher-student reverse KL on held-out pairs, per modality, on the student's own samples.
 
+    ``sampling``: the keywords of :func:`sample_and_score` that choose the samples (``vocab_size``, required;
+    ``modalities``, ``n``, ``max_new_tokens``, ``temperature``, ``batch_size``, ``system``, ``variant``).
     ``kl_<m>``: exact full-vocabulary KL(pi_S || pi_T) per position (chunked), averaged over all sampled
     tokens; ``kl_sampled_<m>``: the sampled-token estimate (mean of ``lp_S - lp_T``); ``len_<m>``;
     ``kl_mean``: the mean of ``kl_<m>`` over modalities.
     """
-    scored = sample_and_score(
-        student, teacher, pairs, vocab_size=vocab_size, modalities=modalities, n=n,
-        max_new_tokens=max_new_tokens, temperature=temperature, seed=seed, batch_size=batch_size,
-        system=system, variant=variant, full_kl=True,
-    )  # fmt: skip
+    scored = sample_and_score(student, teacher, pairs, seed=seed, full_kl=True, **sampling)
     out: dict[str, float] = {}
     for s in scored:
         tokens = max(1, int(s.rollouts.mask.sum()))
         out[f"kl_{s.modality}"] = float(s.kl.double().sum()) / tokens  # type: ignore[union-attr]
         out[f"kl_sampled_{s.modality}"] = float((s.student_lp - s.teacher_lp).double().sum()) / tokens
         out[f"len_{s.modality}"] = float(s.rollouts.lengths.float().mean())
-    out["kl_mean"] = sum(out[f"kl_{m}"] for m in modalities) / len(modalities)
+    out["kl_mean"] = sum(out[f"kl_{s.modality}"] for s in scored) / len(scored)
     return out

@@ -67,14 +67,33 @@ class Backend(ABC):
     def close(self) -> None:  # noqa: B027 - optional; a backend with nothing to free keeps this
         """Free the weights or the engine."""
 
-    # Prompt preparation is the same for every backend: subclasses say how to render one request
-    # (``render``), where a cascade's ASR comes from (``asr``), and how long a prompt may be.
+    # Prompt preparation and answer decoding are the same for every backend: subclasses set the model's
+    # tokenizer, processor, spec and stop ids, say where a cascade's ASR comes from (``asr``), and how long a
+    # prompt may be.
     tokenizer: Any
+    processor: Any  # a speech LLM's processor
+    spec: Any  # evalsuite.backends.resolve.ModelSpec (``placeholder``: a speech LLM's audio placeholder)
+    stop_ids: list[int]
     max_model_len: int | None
     asr_batch_size: int
 
     def render(self, messages: list[dict[str, Any]]) -> Any:
-        raise NotImplementedError
+        """The prompt a speech or text request becomes (a cascade renders after transcription)."""
+        from evalsuite.backends.prompts import render_speech, render_text  # late: see prepare_prompts
+
+        if self.kind == "speech":
+            return render_speech(self.processor, messages, self.spec.placeholder, self.model_id)
+        return render_text(self.tokenizer, messages, self.model_id)
+
+    def answer(self, generated: list[int], prompt: Any, prompt_tokens: int) -> Result:
+        """The Result of the ``generated`` ids for ``prompt``: cut at the first stop id, decoded without
+        special tokens; ``meta`` has the finish reason, the prompt's length and the prompt's own meta."""
+        from evalsuite.backends.prompts import cut_at_eos  # late: see prepare_prompts
+
+        ids, reason = cut_at_eos(generated, self.stop_ids)
+        text = self.tokenizer.decode(ids, skip_special_tokens=True)
+        meta = {"finish_reason": reason, "prompt_tokens": prompt_tokens, **prompt.meta}
+        return Result(text, ids, None, meta)
 
     def asr(self) -> Any:
         """The cascade's ASR (loaded on first use)."""
@@ -83,8 +102,11 @@ class Backend(ABC):
     def too_long(self, n_tokens: int) -> str:
         return f"prompt has {n_tokens} tokens; {self.model_id!r} takes at most {self.max_model_len}"
 
-    def prepare_prompts(self, requests: list[Request]) -> tuple[dict[int, Any], list[Result | None]]:
-        """Render every request; one that cannot be rendered gets its failed Result, the others a prompt."""
+    def prepare_prompts(
+        self, requests: list[Request], progress: Progress | None = None
+    ) -> tuple[dict[int, Any], list[Result | None]]:
+        """Render every request; one that cannot be rendered gets its failed Result (and counts as finished to
+        ``progress``), the others a prompt."""
         # late: both import torch and transformers (through xopd), which `import evalsuite.backends` avoids
         from evalsuite.backends.asr import transcribe_requests
         from evalsuite.backends.prompts import RequestError, audios_of, check_messages, render_text, replace_audio
@@ -119,6 +141,8 @@ class Backend(ABC):
             if self.max_model_len and len(p.ids) > self.max_model_len:
                 results[i] = Result.failed(self.too_long(len(p.ids)))
                 del prompts[i]
+        if progress and len(prompts) < len(requests):
+            progress(len(requests) - len(prompts))
         return prompts, results
 
     def __repr__(self) -> str:

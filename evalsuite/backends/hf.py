@@ -18,15 +18,7 @@ from transformers import GenerationConfig
 
 from evalsuite.backends.base import Backend, Progress, Result, isolate_failures
 from evalsuite.backends.fingerprint import fingerprint
-from evalsuite.backends.prompts import (
-    Prompt,
-    RequestError,
-    cut_at_eos,
-    eos_ids,
-    render_speech,
-    render_text,
-    speech_model_inputs,
-)
+from evalsuite.backends.prompts import Prompt, RequestError, eos_ids, speech_model_inputs
 from evalsuite.backends.resolve import ModelSpec, load_tokenizer_and_processor, resolve_model
 from evalsuite.types import GenParams, Request
 from xopd.cascade import Cascade
@@ -161,12 +153,6 @@ class HFBackend(Backend):
         gc.collect()
 
     # ----------------------------------------------------------------------------------------- prompts
-    def render(self, messages: list[dict[str, Any]]) -> Prompt:
-        """The prompt a speech or text request becomes (a cascade renders after transcription)."""
-        if self.kind == "speech":
-            return render_speech(self.processor, messages, self.spec.placeholder, self.model_id)
-        return render_text(self.tokenizer, messages, self.model_id)
-
     def asr(self) -> Cascade:
         self._load()  # a cascade loads Whisper and the LLM together
         return self._cascade
@@ -175,9 +161,7 @@ class HFBackend(Backend):
     def generate(
         self, requests: list[Request], params: GenParams, *, progress: Progress | None = None
     ) -> list[Result]:
-        prompts, results = self.prepare_prompts(requests)
-        if progress and len(prompts) < len(requests):
-            progress(len(requests) - len(prompts))
+        prompts, results = self.prepare_prompts(requests, progress)
 
         order = sorted(prompts, key=lambda i: -prompts[i].length_hint)
         size = 1 if params.temperature > 0 else self.batch_size
@@ -218,11 +202,4 @@ class HFBackend(Backend):
             **inputs, generation_config=generation_config(params, self.stop_ids, self.pad_id)
         )
         new = out[:, inputs["input_ids"].shape[1] :].tolist()
-        results = []
-        for p, row, n in zip(prompts, new, lengths, strict=True):
-            ids, reason = cut_at_eos(row, self.stop_ids)
-            text = self.tokenizer.decode(ids, skip_special_tokens=True)
-            results.append(
-                Result(text, ids, None, {"finish_reason": reason, "prompt_tokens": int(n), **p.meta})
-            )
-        return results
+        return [self.answer(row, p, int(n)) for p, row, n in zip(prompts, new, lengths, strict=True)]

@@ -27,15 +27,7 @@ from evalsuite.backends.asr import load_asr
 from evalsuite.backends.base import Backend, Progress, Result, isolate_failures
 from evalsuite.backends.fingerprint import fingerprint
 from evalsuite.backends.hf import read_generation_config
-from evalsuite.backends.prompts import (
-    SAMPLE_RATE,
-    Prompt,
-    RequestError,
-    cut_at_eos,
-    eos_ids,
-    render_speech,
-    render_text,
-)
+from evalsuite.backends.prompts import SAMPLE_RATE, Prompt, RequestError, eos_ids
 from evalsuite.backends.resolve import ModelSpec, load_tokenizer_and_processor, resolve_model
 from evalsuite.types import GenParams, Request
 
@@ -169,16 +161,14 @@ class VLLMBackend(Backend):
 
     # ----------------------------------------------------------------------------------------- prompts
     def render(self, messages: list[dict[str, Any]]) -> Prompt:
-        if self.kind == "speech":
-            prompt = render_speech(self.processor, messages, self.spec.placeholder, self.model_id)
-            limit = (self.limit_mm_per_prompt or {}).get("audio", 0)
-            if len(prompt.audios) > limit:
-                raise RequestError(
-                    f"request has {len(prompt.audios)} audio parts; the engine takes {limit} per prompt "
-                    "(raise limit_mm_per_prompt={'audio': N})"
-                )
-            return prompt
-        return render_text(self.tokenizer, messages, self.model_id)
+        prompt = super().render(messages)
+        limit = (self.limit_mm_per_prompt or {}).get("audio", 0)
+        if len(prompt.audios) > limit:  # only a speech prompt has audios
+            raise RequestError(
+                f"request has {len(prompt.audios)} audio parts; the engine takes {limit} per prompt "
+                "(raise limit_mm_per_prompt={'audio': N})"
+            )
+        return prompt
 
     def asr(self) -> Any:
         if self._asr is None:
@@ -201,9 +191,7 @@ class VLLMBackend(Backend):
     def generate(
         self, requests: list[Request], params: GenParams, *, progress: Progress | None = None
     ) -> list[Result]:
-        prompts, results = self.prepare_prompts(requests)
-        if progress and len(prompts) < len(requests):
-            progress(len(requests) - len(prompts))
+        prompts, results = self.prepare_prompts(requests, progress)
         if prompts:
             sp = sampling_params(params, self.stop_ids)
             order = list(prompts)
@@ -216,10 +204,7 @@ class VLLMBackend(Backend):
         llm = self.engine()
         use_tqdm = progress_bar(progress) if progress else False
         outs = llm.generate([self.engine_prompt(p) for p in prompts], sp, use_tqdm=use_tqdm)
-        results = []
-        for p, o in zip(prompts, outs, strict=True):
-            ids, reason = cut_at_eos(list(o.outputs[0].token_ids), self.stop_ids)
-            text = self.tokenizer.decode(ids, skip_special_tokens=True)
-            meta = {"finish_reason": reason, "prompt_tokens": len(o.prompt_token_ids or []), **p.meta}
-            results.append(Result(text, ids, None, meta))
-        return results
+        return [
+            self.answer(list(o.outputs[0].token_ids), p, len(o.prompt_token_ids or []))
+            for p, o in zip(prompts, outs, strict=True)
+        ]
