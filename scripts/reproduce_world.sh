@@ -3,7 +3,7 @@
 #   1. the text teacher: LoRA tuning on the "tune" part of the train split, stage 1 (balanced, constant lr) and
 #      stage 2 (sums/counting weighted 3x, lr decayed to 0) started from stage 1's last adapter;
 #   2. the speech student's audio path: the projector aligned on train-split questions ("transcribe what was
-#      said"), its LLM an *earlier* checkpoint of stage 1 (a weaker relative of the teacher);
+#      said"), its LLM an *earlier* checkpoint of the same run (stage 2, step 100: a weaker relative);
 #   3. the deltas packed into xopd/zoo/demo_world/ and the zoo's xopd-demo-teacher / xopd-demo-student rebuilt;
 #   4. the measurements: `xopd-eval gap` (student vs teacher, seen + held-out voice) and `xopd-eval perception`,
 #      then reports/demo/world.{json,md}.
@@ -15,7 +15,7 @@ PY=${VENV:-.venv}/bin/python
 A=${WORLD_DIR:-artifacts/world}
 T=${THREADS:-2}
 LIMIT=${LIMIT:-160}  # test items per task: 4 tasks x 160 = 640 paired items (the issue asks >= 600)
-STUDENT_STEP=${STUDENT_STEP:-000400}
+STUDENT_LLM=${STUDENT_LLM:-$A/teacher2/step-000100}  # an earlier checkpoint of the same run, ~10 points below
 TEACHER_STEP=${TEACHER_STEP:-000500}
 ALIGN_STEPS=${ALIGN_STEPS:-1500}
 export XOPD_HOME=${XOPD_HOME:-$PWD/.xopd-home}
@@ -28,14 +28,14 @@ log "1/4 teacher, stage 2"
 $PY -m xopd.world.tune_teacher --out "$A/teacher2" --init-adapter "$A/teacher/step-000700" \
   --task-weights sums=3,counting=3 --schedule linear --warmup 20 --max-steps 500 --save-every 50 --threads "$T"
 
-log "2/4 alignment of the student's projector (LLM: teacher stage 1, step $STUDENT_STEP)"
-$PY -m xopd.world.align --out "$A/align" --llm-adapter "$A/teacher/step-$STUDENT_STEP" \
+log "2/4 alignment of the student's projector (LLM: $STUDENT_LLM)"
+$PY -m xopd.world.align --out "$A/align2" --llm-adapter "$STUDENT_LLM" \
   --voices hibari,hibari-slow,hibari-fast,flite-slt,flite-rms,flite-awb,clean --batch-size 8 --lr 2e-3 \
   --warmup 50 --max-steps "$ALIGN_STEPS" --save-every 50 --eval-every 250 --eval-limit 8 --threads "$T" --no-export
 
 log "3/4 pack the deltas, rebuild the zoo entries"
-$PY -m xopd.world.ship --teacher "$A/teacher2/step-$TEACHER_STEP" --student-llm "$A/teacher/step-$STUDENT_STEP" \
-  --student-audio "$A/align/step-$(printf %06d "$ALIGN_STEPS")"
+$PY -m xopd.world.ship --teacher "$A/teacher2/step-$TEACHER_STEP" --student-llm "$STUDENT_LLM" \
+  --student-audio "$A/align2/step-$(printf %06d "$ALIGN_STEPS")"
 rm -rf "$XOPD_HOME/zoo/xopd-demo-teacher" "$XOPD_HOME/zoo/xopd-demo-student"
 ${VENV:-.venv}/bin/xopd-eval zoo build xopd-demo-teacher xopd-demo-student
 
