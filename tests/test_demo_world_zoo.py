@@ -132,12 +132,11 @@ def test_new_deltas_make_the_zoo_rebuild(tmp_path):
 def test_the_shipped_world_builds_offline_and_its_models_are_the_tuned_ones():
     """The zoo builds both demo models from the deltas in the package (offline, into an empty zoo) and they
     answer like the checkpoints they came from: the tuned LLMs name family relations the base model cannot."""
+    import xopd.zoo as zoo
     from evalsuite.backends.hf import HFBackend
     from evalsuite.run import TEXT, evaluate
     from evalsuite.tasks import load_task
     from evalsuite.types import GenParams
-
-    import xopd.zoo as zoo
 
     manifest = json.loads((dw.DELTAS / "manifest.json").read_text())
     assert sum(f["bytes"] for f in manifest["files"].values()) <= 40 * 2**20
