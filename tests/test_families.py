@@ -120,6 +120,13 @@ def adapter(request: pytest.FixtureRequest):
     return a
 
 
+@pytest.fixture(scope="module", params=[n for n in WITH_FIXTURE if families.FAMILIES[n].is_speech])
+def speech_adapter(request: pytest.FixtureRequest):
+    from xopd.models import load_adapter
+
+    return load_adapter(TESTED[request.param], device="cpu")
+
+
 def _audio(seconds: float = 1.3) -> np.ndarray:
     t = np.arange(int(seconds * SAMPLE_RATE)) / SAMPLE_RATE
     return (0.3 * np.sin(2 * np.pi * 220 * t)).astype(np.float32)
@@ -143,9 +150,8 @@ def test_row_matches_the_model(adapter) -> None:
         assert adapter.encoder_cache is None
 
 
-def test_input_builder_expands_the_placeholder_per_embedding(adapter) -> None:
-    if not adapter.is_speech:
-        pytest.skip("text LLM: no audio placeholder")
+def test_input_builder_expands_the_placeholder_per_embedding(speech_adapter) -> None:
+    adapter = speech_adapter
     audio = _audio()
     prompt = adapter.speech_prompt(audio, "Answer with a number.")
     audio_id = int(adapter.core.config.audio_token_id)
