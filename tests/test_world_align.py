@@ -1,5 +1,6 @@
 """The demo student's alignment (xopd.world.align) and its disk cache of encoder outputs
-(xopd.world.encoder_cache), on the tiny random Qwen2-Audio fixture: seconds, no TTS (clips are synthetic)."""
+(xopd.world.encoder_cache), on the tiny random Qwen2-Audio fixture. Training and validation clips are real flite
+speech (fast, cached by content hash); the cache's own tests use synthetic arrays of exact lengths."""
 
 from __future__ import annotations
 
@@ -182,15 +183,9 @@ VAL = [("sums", "What is five plus six?"),
        ("counting", "I have three harps. How many instruments do I have?")]
 
 
-def _synthetic_audio(self, text, voice):
-    """Deterministic noise whose length follows the text: a stand-in for TTS."""
-    seed = int(hashlib.sha256(f"{voice.name}:{text}".encode()).hexdigest()[:8], 16)
-    return _clip(0.04 * len(text), seed=seed)
-
-
 @pytest.fixture
 def offline_data(monkeypatch):
-    monkeypatch.setattr(align.Clips, "audio", _synthetic_audio)
+    """A handful of fixed questions instead of the whole train split (the clips are still rendered by flite)."""
     monkeypatch.setattr(align, "train_texts", lambda tasks, parts, n, seed: {t: TEXTS[t] for t in tasks})
     monkeypatch.setattr(align, "eval_texts", lambda tasks, limit, seed: VAL)
 

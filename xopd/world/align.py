@@ -332,7 +332,6 @@ class Clips:
         self.cache = cache
 
     def audio(self, text: str, voice: Any) -> np.ndarray:
-
         return render_array(text, voice)
 
     def states(self, pairs: list[tuple[str, Any]]) -> list[Tensor]:
