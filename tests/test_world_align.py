@@ -228,6 +228,16 @@ def test_resume_after_step_two_gives_the_uninterrupted_step_three(tmp_path, offl
     assert second == {3: whole[3]}  # exactly: same data, voices, optimizer state and weights
 
 
+def test_bf16_autocast_is_a_speed_knob_a_run_may_switch_between_resumes(tmp_path, offline_data):
+    plain = align.train(_args(tmp_path, tmp_path / "fp32", "--max-steps", "2"))["losses"]
+    fast = align.train(_args(tmp_path, tmp_path / "bf16", "--max-steps", "1", "--autocast", "bf16"))
+    assert fast["losses"][1] != plain[1]  # bf16 matmuls ran
+    assert fast["losses"][1] == pytest.approx(plain[1], rel=0.02)
+    assert all(p.dtype == torch.float32 for p in fast["adapter"].core.parameters())  # weights stay float32
+    resumed = align.train(_args(tmp_path, tmp_path / "bf16", "--max-steps", "2"))["losses"]
+    assert sorted(resumed) == [2] and resumed[2] == pytest.approx(plain[2], rel=0.05)
+
+
 def test_resume_refuses_other_settings(tmp_path, offline_data):
     align.train(_args(tmp_path, tmp_path / "run", "--max-steps", "1"))
     with pytest.raises(SystemExit, match="other settings"):

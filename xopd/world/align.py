@@ -40,6 +40,7 @@ encoding on one core, plus TTS: ~0.15 s flite, ~2 s hibari), so training steps o
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import hashlib
 import json
@@ -110,6 +111,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--encoder-lora-alpha", type=int, default=None, help="LoRA alpha (default 2 x rank)")
     p.add_argument("--cache-dtype", default="float16", choices=("float16", "float32"))
     p.add_argument("--cache-dir", default=None, help="encoder cache root (default $XOPD_HOME/encoder-cache)")
+    p.add_argument("--autocast", default="none", choices=("none", "bf16"),
+                   help="bf16 autocast for the training forward/backward (CPU AMX or GPU); validation stays "
+                        "float32")
     add_run_args(p, max_steps=1500, save_every=50, eval_every=250, eval_limit=8,
                  eval_limit_help="validation items per task (per eval voice)", eval_batch_size=8,
                  eval_max_new_tokens=128)
@@ -559,6 +563,9 @@ def train(args: argparse.Namespace, argv: list[str] | None = None) -> dict[str, 
         feats, mask = audio_features(adapter.feature_extractor, [clips.audio(t, v) for t, v in pairs])
         return encode_features(core.model.audio_tower, feats, mask)
 
+    # a speed knob, not a run setting: a run may switch it between resumes
+    autocast = (torch.autocast(device_type="cpu", dtype=torch.bfloat16) if args.autocast == "bf16"
+                else contextlib.nullcontext())
     deadline = t_start + args.max_minutes * 60 if args.max_minutes else math.inf
     t0, steps_here, window_loss, window_n, t_data, t_train, saved = time.time(), 0, 0.0, 0, 0.0, 0.0, step
     losses: dict[int, float] = {}
@@ -573,7 +580,8 @@ def train(args: argparse.Namespace, argv: list[str] | None = None) -> dict[str, 
         t_b = time.time()
         for g in optimizer.param_groups:
             g["lr"] = lr_at(step, args)
-        loss = repeat_loss(core, ids, mask, labels, states)
+        with autocast:
+            loss = repeat_loss(core, ids, mask, labels, states)
         loss.backward()
         if args.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(params, args.grad_clip)
