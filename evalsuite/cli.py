@@ -36,7 +36,11 @@ from evalsuite.types import GenParams
 from xopd.cli_errors import EVAL_ERRORS, run_cli
 from xopd.zoo import ZOO, ensure, zoo_dir
 
-DEFAULT_MODEL = "cascade:whisper-tiny.en+smollm2-135m-instruct"  # named in full: the report and chart say what ran
+# With no --model, `gap` runs the demo world: the aligned speech student against its text teacher (xopd/zoo),
+# on a voice the student's alignment heard and one it never heard.
+DEFAULT_MODEL = "xopd-demo-student"
+DEFAULT_TEACHER = "xopd-demo-teacher"
+DEFAULT_GAP_VARIANTS = "hibari,flite-kal"  # seen, held out (xopd.world.align.HELD_OUT_VOICES)
 DEFAULT_TASKS = "sums,counting,syllogism,family"  # evalsuite.tasks.DEFAULT_MIX
 DEFAULT_LIMIT = 20
 COMMANDS = "xopd_eval.commands"  # entry-point group: (subparsers) -> adds a subcommand (see build_parser)
@@ -121,7 +125,11 @@ def _cmd_gap(args: argparse.Namespace) -> int:
     out = Path(args.output)
     model = args.model or DEFAULT_MODEL
     if not args.model:
-        _log(f"no --model: running the embedded default ({model} on {args.tasks}, {args.limit} items each)")
+        args.teacher = args.teacher or DEFAULT_TEACHER
+        args.variants = args.variants or DEFAULT_GAP_VARIANTS
+        _log(f"no --model: running the embedded default ({model} against the teacher {args.teacher}, voices "
+             f"{args.variants}, on {args.tasks}, {args.limit} items each)")
+    args.variants = args.variants or DEFAULT_VARIANTS
     tasks = _load_tasks(args)
     # A text LLM cannot hear: every spoken item would fail and the "gap" would be the text accuracy. Refuse it
     # from its config (cheap: no weights load, nothing is generated or written).
@@ -347,9 +355,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     g = sub.add_parser("gap", help="text vs speech accuracy on the same items, with paired statistics")
-    g.add_argument("--model", default=None, help="speech LLM, text LLM or cascade:<asr>+<llm> (default: the zoo cascade)")
+    g.add_argument("--model", default=None,
+                   help=f"speech LLM or cascade:<asr>+<llm> (default: {DEFAULT_MODEL}, and then --teacher "
+                        f"{DEFAULT_TEACHER} and --variants {DEFAULT_GAP_VARIANTS} unless given)")
     g.add_argument("--teacher", default=None, help="text teacher: adds its text score and the paper's Avg. Drop %%")
     _add_run_args(g, output="artifacts/gap")
+    g.set_defaults(variants=None)  # resolved in _cmd_gap: the demo world's two voices when --model is not given
     g.set_defaults(fn=_cmd_gap)
 
     f = sub.add_parser("forgetting", help="paired deltas of a trained model against its base, incl. ASR WER")

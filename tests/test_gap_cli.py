@@ -162,3 +162,23 @@ def test_forgetting_of_a_changed_model_shows_its_differences(tiny, tmp_path: Pat
                            "--max-drop", "0.05"], capture_output=True, text=True)
     assert gate.returncode in (0, 1) and "mini_math" in gate.stdout, gate.stdout + gate.stderr
     assert (gate.returncode == 1) == ("GATE FAILED" in gate.stdout)  # the verdict follows the printed rows
+
+
+def test_no_model_runs_the_demo_world(tmp_path: Path) -> None:
+    """`xopd-eval gap` with no --model: the demo student against the demo teacher, on the seen and the held-out
+    voice (the shipped deltas build into the zoo offline)."""
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "evalsuite.cli", "gap", "--tasks", "syllogism", "--limit", "2",
+           "--max-new-tokens", "8", "--backend", "hf", "--n-boot", "200", "--output", str(out)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "no --model: running the embedded default (xopd-demo-student against the teacher xopd-demo-teacher" \
+        in proc.stderr
+    report = json.loads((out / "report.json").read_text())
+    assert report["config"]["model"] == "xopd-demo-student"
+    assert report["config"]["teacher"] == "xopd-demo-teacher"
+    assert report["config"]["variants"] == ["hibari", "flite-kal"]
+    assert set(report["overall"]["gap"]) == {"speech:hibari", "speech:flite-kal"}
+    assert set(report["teacher"]["text_accuracy"]) == {"syllogism"}
+    models = {json.loads(line)["model"] for line in (out / "samples.jsonl").read_text().splitlines()}
+    assert models == {"xopd-demo-student", "xopd-demo-teacher"}
