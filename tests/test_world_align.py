@@ -293,6 +293,23 @@ def test_encoder_lora_trains_lora_and_projector_and_exports_merged(tmp_path, off
     assert (merged - live).abs().max().item() < 1e-4
 
 
+def test_encoder_lora_run_starts_from_a_projector_only_run(tmp_path, offline_data):
+    """--init-trainable: the projector of an earlier projector-only run seeds a projector + encoder LoRA run."""
+    align.train(_args(tmp_path, tmp_path / "proj", "--max-steps", "2"))
+    init = tmp_path / "proj" / "step-000002" / "trainable.safetensors"
+    from safetensors.torch import load_file
+
+    args = _args(tmp_path, tmp_path / "lora", "--max-steps", "1", "--encoder-lora", "2", "--lr", "0",
+                 "--init-trainable", str(init))
+    core = align.train(args)["adapter"].core
+    params = dict(core.named_parameters())
+    for name, w in load_file(str(init)).items():
+        assert torch.equal(params[name], w), name  # lr 0: still the loaded projector
+    with pytest.raises(SystemExit, match="do not fit"):  # a LoRA run's tensors cannot seed a projector-only run
+        bad = tmp_path / "lora" / "step-000001" / "trainable.safetensors"
+        align.train(_args(tmp_path, tmp_path / "bad", "--max-steps", "1", "--init-trainable", str(bad)))
+
+
 def test_train_texts_are_train_split_questions_as_spoken():
     from evalsuite.tasks import load_task
     from xopd.world.parts import items_of_part

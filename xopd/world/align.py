@@ -19,7 +19,8 @@ item in a voice picked from ``--voices`` by a hash of (seed, step, slot); ``flit
 in ``--voices``) and, with ``hibari``, is what validation listens to.
 
 What trains: the projector only (``multi_modal_projector.*``), or with ``--encoder-lora R`` also a rank-R LoRA
-on the encoder's attention and MLP projections. The LLM (embeddings, layers, lm_head) never gets a gradient.
+on the encoder's attention and MLP projections (``--init-trainable`` seeds it with a projector-only run's
+projector). The LLM (embeddings, layers, lm_head) never gets a gradient.
 
 How a step runs: the encoder is frozen, so each clip's encoder states (real frames only) are computed once
 and kept on disk by :class:`xopd.world.encoder_cache.EncoderCache`; a step reads them, applies the projector,
@@ -83,7 +84,7 @@ DEFAULT_VOICES = "hibari,hibari-slow,hibari-fast,flite-slt,flite-rms,flite-awb,c
 ENCODER_LORA_TARGETS = r"layers\.\d+\.(self_attn\.(q_proj|k_proj|v_proj|out_proj)|fc1|fc2)"
 # Changing any of these changes the run: a resume with different values is refused.
 RUN_KEYS = ("base", "llm", "llm_adapter", "tasks", "parts", "voices", "items_per_task", "seed", "lr",
-            "warmup", "batch_size", "weight_decay", "grad_clip", "encoder_lora", "cache_dtype")
+            "warmup", "batch_size", "weight_decay", "grad_clip", "encoder_lora", "cache_dtype", "init_trainable")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -109,6 +110,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--encoder-lora", type=int, default=0,
                    help="rank of a LoRA on the encoder (0: projector only)")
     p.add_argument("--encoder-lora-alpha", type=int, default=None, help="LoRA alpha (default 2 x rank)")
+    p.add_argument("--init-trainable", default=None,
+                   help="start from an earlier run's step-NNNNNN/trainable.safetensors (e.g. a projector-only "
+                        "run continued with --encoder-lora); a fresh LoRA stays as initialised")
     p.add_argument("--cache-dtype", default="float16", choices=("float16", "float32"))
     p.add_argument("--cache-dir", default=None, help="encoder cache root (default $XOPD_HOME/encoder-cache)")
     p.add_argument("--autocast", default="none", choices=("none", "bf16"),
@@ -365,15 +369,19 @@ def save(out: Path, step: int, core: Any, optimizer: Any, sampler: Any, cfg: dic
     os.replace(out / "state.pt.tmp", out / "state.pt")
 
 
-def load_trainable(core: Any, path: Path) -> None:
-
+def load_trainable(core: Any, path: Path, subset: bool = False) -> None:
+    """Copy ``path``'s tensors into the trainable parameters: all of them, or (``subset``) those it holds."""
     weights = load_file(str(path))
     params = {n: p for n, p in core.named_parameters() if p.requires_grad}
-    if set(weights) != set(params):
-        raise SystemExit(f"{path} holds {sorted(set(weights) ^ set(params))[:5]} that do not fit the model")
+    extra, missing = set(weights) - set(params), set(params) - set(weights)
+    if extra or (missing and not subset) or not weights:
+        raise SystemExit(f"{path} holds {sorted(extra | missing)[:5]} that do not fit the model's trainable "
+                         "parameters")
+    if any(weights[n].shape != params[n].shape for n in weights):
+        raise SystemExit(f"{path}: tensor shapes do not fit the model's trainable parameters")
     with torch.no_grad():
-        for n, p in params.items():
-            p.copy_(weights[n])
+        for n, w in weights.items():
+            params[n].copy_(w)
 
 
 def resume(out: Path, core: Any, optimizer: Any, sampler: Any, cfg: dict[str, Any]) -> int:
@@ -540,6 +548,8 @@ def train(args: argparse.Namespace, argv: list[str] | None = None) -> dict[str, 
           f"validation {len(val)} clips x {','.join(v.name for v in eval_voices)}; encoder cache {cache.dir}",
           flush=True)
 
+    if args.init_trainable:
+        load_trainable(core, Path(args.init_trainable), subset=True)
     optimizer = torch.optim.AdamW(params, lr=args.lr, weight_decay=args.weight_decay)
     sampler = Sampler({n: len(v) for n, v in texts.items()}, args.seed)
     step = resume(out, core, optimizer, sampler, cfg)
