@@ -94,6 +94,23 @@ def test_a_damaged_delta_is_refused(lora, tmp_path):
     assert manifest["provenance"] == {"made_by": "test"} and manifest["files"]["student_lora.safetensors"]["bytes"] > 0
 
 
+def test_shipping_the_same_deltas_again_keeps_their_bytes(lora, tmp_path):
+    """safetensors writes metadata keys in random order; a re-ship of unchanged deltas must not change a sha256
+    (it would rebuild everyone's zoo entries), while a changed delta is rewritten."""
+    adapter, _ = lora
+    root = tmp_path / "deltas"
+    _ship(root, adapter)
+    first = json.loads((root / "manifest.json").read_text())["files"]
+    for _ in range(4):
+        _ship(root, adapter)
+        assert json.loads((root / "manifest.json").read_text())["files"] == first
+    tensors, meta = dw.lora_from_peft(adapter)
+    bumped = {k: v + (1 if i == 0 else 0) for i, (k, v) in enumerate(sorted(tensors.items()))}
+    dw.write_deltas(root, {"teacher_lora.safetensors": (bumped, meta)}, {"made_by": "test"})
+    assert json.loads((root / "manifest.json").read_text())["files"]["teacher_lora.safetensors"]["sha256"] != \
+        first["teacher_lora.safetensors"]["sha256"]
+
+
 def test_ill_fitting_lora_is_refused_naming_the_module():
     w = {"model.layers.0.self_attn.q_proj.weight": torch.zeros(8, 6)}
     meta = {"r": "2", "alpha": "4"}

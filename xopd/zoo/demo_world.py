@@ -110,14 +110,25 @@ def write_deltas(root: Path, files: dict[str, tuple[dict[str, torch.Tensor], dic
     entries = {}
     for name, (tensors, meta) in files.items():
         path = root / name
-        tmp = path.with_suffix(".tmp")
-        save_file({k: v.detach().to(torch.float16).contiguous() for k, v in tensors.items()}, str(tmp),
-                  metadata=dict(meta))
-        tmp.replace(path)
+        half = {k: v.detach().to(torch.float16).contiguous() for k, v in tensors.items()}
+        if not _holds(path, half, dict(meta)):  # safetensors orders metadata keys at random: rewriting the
+            tmp = path.with_suffix(".tmp")      # same delta would change its sha256 and rebuild the zoo
+            save_file(half, str(tmp), metadata=dict(meta))
+            tmp.replace(path)
         entries[name] = {"sha256": sha256(path), "bytes": path.stat().st_size, "tensors": len(tensors)}
     text = json.dumps({"files": entries, "provenance": provenance}, indent=2) + "\n"
     (root / (MANIFEST + ".tmp")).write_text(text)
     (root / (MANIFEST + ".tmp")).replace(root / MANIFEST)
+
+
+def _holds(path: Path, tensors: dict[str, torch.Tensor], meta: dict[str, str]) -> bool:
+    """Whether the safetensors file ``path`` already holds exactly these tensors and metadata."""
+    if not path.is_file():
+        return False
+    with safe_open(str(path), "pt") as f:
+        if dict(f.metadata() or {}) != meta or set(f.keys()) != set(tensors):
+            return False
+        return all(torch.equal(f.get_tensor(k), v) for k, v in tensors.items())
 
 
 def _copy_base(base: Path, out_dir: Path) -> dict[str, torch.Tensor]:
