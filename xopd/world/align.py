@@ -116,8 +116,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--cache-dtype", default="float16", choices=("float16", "float32"))
     p.add_argument("--cache-dir", default=None, help="encoder cache root (default $XOPD_HOME/encoder-cache)")
     p.add_argument("--autocast", default="none", choices=("none", "bf16"),
-                   help="bf16 autocast for the training forward/backward (CPU AMX or GPU); validation stays "
-                        "float32")
+                   help="CPU bf16 autocast for the training forward/backward (fast where the CPU has AMX); "
+                        "validation stays float32")
     add_run_args(p, max_steps=1500, save_every=50, eval_every=250, eval_limit=8,
                  eval_limit_help="validation items per task (per eval voice)", eval_batch_size=8,
                  eval_max_new_tokens=128)
