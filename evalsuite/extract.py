@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from decimal import Decimal, localcontext
 from fractions import Fraction
 
-__all__ = ["ANSWER_TYPES", "Extraction", "extract_answer", "is_correct", "parse_number"]
+__all__ = ["ANSWER_TYPES", "Extraction", "extract_answer", "is_correct", "parse_number", "restates_question"]
 
 ANSWER_TYPES = ("number", "choice", "yesno", "text")
 
@@ -497,6 +497,30 @@ def _extract_text(text: str) -> Extraction:
         if _norm_text(span):
             return Extraction(span.strip(), source)
     return Extraction(_plain(text).strip(), "whole-response")
+
+
+# --- a restated question ------------------------------------------------------------------------------------
+
+# A response this much made of the question's own word pairs adds nothing of its own: it says the question back.
+RESTATED_SHARE = 0.8
+
+
+def _bigrams(text: str) -> list[tuple[str, str]]:
+    words = _norm_text(text).split()
+    return list(zip(words, words[1:]))
+
+
+def restates_question(response: str | None, questions: Sequence[str]) -> bool:
+    """Whether ``response`` only says the question back: >= 4 words, and >= 80% of its word pairs occur in one
+    of ``questions`` (the typed and the spoken wording). Its numbers are the question's operands, so scoring
+    its last one would reward a parrot (the demo student repeated spoken questions and "answered" 34 counting
+    items right that way, reports/demo/align.md); "I have two tomatoes and a pepper, so 3" adds pairs of its
+    own and is not a restatement."""
+    pairs = _bigrams(response or "")
+    if len(pairs) < 3:
+        return False
+    asked = {p for q in questions for p in _bigrams(q)}
+    return sum(p in asked for p in pairs) >= RESTATED_SHARE * len(pairs)
 
 
 # --- public API ---------------------------------------------------------------------------------------------

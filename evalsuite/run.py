@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from evalsuite.cache import generate_cached
-from evalsuite.extract import extract_answer, is_correct
+from evalsuite.extract import Extraction, extract_answer, is_correct, restates_question
 from evalsuite.speech import AudioError, load_audio, render
 from evalsuite.types import GenParams, Item, Request
 from xopd.prompting import messages_for
@@ -105,18 +105,26 @@ def prepare(task, items: Sequence[Item], modes: Sequence[str], variants: Sequenc
     return out
 
 
+def judge(task, item: Item, text: str) -> tuple[Extraction, bool]:
+    """The answer extracted from a response and whether it is right: the task's own verdict where it has one
+    (reasoning-gym's scorer), else the generic comparison with the gold answer. A response that only restates
+    the question extracts nothing ("restates-question")."""
+    if restates_question(text, (task.render_text(item), task.render_spoken(item))):
+        return Extraction(None, "restates-question"), False
+    ext = extract_answer(text, task.spec.answer_type, item.choices or tuple(task.spec.choices or ()))
+    if ext.value is None:
+        return ext, False
+    verdict = task.score(item, ext.value)
+    return ext, bool(verdict) if verdict is not None else is_correct(ext, item.answer, task.spec.answer_type)
+
+
 def score(task, prepared: PreparedRequest, text: str | None, error: str | None) -> Sample:
     s = prepared.sample
     s.response, s.error = text, error or s.error
     if s.error or text is None:
         return s
-    choices = prepared.item.choices or tuple(task.spec.choices or ())
-    ext = extract_answer(text, task.spec.answer_type, choices)
+    ext, s.correct = judge(task, prepared.item, text)
     s.extracted, s.method = ext.value, ext.method
-    if ext.value is None:
-        return s
-    verdict = task.score(prepared.item, ext.value)
-    s.correct = bool(verdict) if verdict is not None else is_correct(ext, prepared.item.answer, task.spec.answer_type)
     return s
 
 

@@ -334,3 +334,40 @@ def test_live_smollm2_outputs_extract_as_recorded(zoo_smollm2: Path) -> None:
         assert got.value is not None or got.method, prompt  # a value, or a reason
         assert response == recorded, f"{prompt!r}: greedy output changed: {response!r}"
         assert got == expected, f"{prompt!r} -> {response!r}"
+
+
+SPOKEN = "I have two tomatoes and a pepper. How many vegetables do I have?"
+TYPED = SPOKEN + "\nAnswer with the number only."
+
+
+@pytest.mark.parametrize(
+    "response, restated",
+    [
+        ("I have two tomatoes and a pepper. How many vegetables do I have?", True),  # said back
+        ("i have two tomatoes and a pepper how many vegetables", True),  # cut short, no punctuation
+        ("How many vegetables do I have?", True),
+        ("3", False),
+        ("I have 3 vegetables.", False),
+        ("I have two tomatoes and a pepper, so I have 3 vegetables.", False),  # restates, then answers
+        ("You have two tomatoes plus one pepper: three vegetables.", False),
+        ("", False),
+    ],
+)
+def test_restated_question_is_recognised(response: str, restated: bool) -> None:
+    from evalsuite.extract import restates_question
+
+    assert restates_question(response, (TYPED, SPOKEN)) is restated
+
+
+def test_a_restated_question_scores_as_an_extraction_failure_not_its_last_number() -> None:
+    from evalsuite.run import judge
+    from evalsuite.tasks import load_task
+
+    task = load_task("sums", split="test", limit=40)
+    item = task.items[0]
+    parrot = task.render_spoken(item)  # "What is six minus eight?"
+    assert extract_answer(parrot, "number").method == "last-number-word"  # what scoring took before
+    ext, correct = judge(task, item, parrot)
+    assert (ext.value, ext.method, correct) == (None, "restates-question", False)
+    ext, correct = judge(task, item, f"The answer is {item.answer}.")
+    assert correct and ext.value is not None

@@ -100,7 +100,7 @@ def test_cached_states_forward_equals_the_models_own_forward(student, tmp_path):
     core = student.core
     audio = _clip(2.77)
     p = _speech_prompt(student, audio)
-    prompt = align.RepeatPrompt(student)
+    prompt = align.AudioPrompt(student)
     cache = EncoderCache(core.model.audio_tower, student.feature_extractor, root=tmp_path)
     states = cache.encode([audio])
     assert prompt.ids(states[0].shape[0]) == p.ids  # our expansion of <|AUDIO|> is the processor's
@@ -117,7 +117,7 @@ def test_cached_states_forward_equals_the_models_own_forward(student, tmp_path):
 def test_left_padded_greedy_decoding_matches_the_models_own_generate(student, tmp_path):
     core = student.core
     audios = [_clip(2.0, seed=4), _clip(0.9, seed=5)]
-    prompt = align.RepeatPrompt(student)
+    prompt = align.AudioPrompt(student)
     cache = EncoderCache(core.model.audio_tower, student.feature_extractor, root=tmp_path)
     states = cache.encode(audios)
     kw = dict(max_new_tokens=6, do_sample=False, eos_token_id=student.eos_ids, pad_token_id=student.pad_id,
@@ -137,8 +137,8 @@ def test_left_padded_greedy_decoding_matches_the_models_own_generate(student, tm
                                 attention_mask=torch.ones(1, len(p.ids)), **p.features, **kw)
             for a, b in zip(batched.scores, own.scores):
                 assert (a[i] - b[0]).abs().max().item() < 1e-4
-    assert align.greedy_repeat(core, student, prompt, states, 6) == [
-        align.greedy_repeat(core, student, prompt, [s], 6)[0] for s in states
+    assert align.greedy(core, student, prompt, states, 6) == [
+        align.greedy(core, student, prompt, [s], 6)[0] for s in states
     ]
 
 
@@ -179,15 +179,17 @@ TEXTS = {
     "sums": ["What is six plus four?", "What is nine minus two plus one?", "What is three plus three?"],
     "counting": ["I have two pigs and a goat. How many animals do I have?", "I have a lemon and an onion."],
 }
-VAL = [("sums", "What is five plus six?"),
-       ("counting", "I have three harps. How many instruments do I have?")]
+VAL_LIMIT = 1  # validation items per task: real ones, asked with their task's instruction
 
 
 @pytest.fixture
 def offline_data(monkeypatch):
     """A handful of fixed questions instead of the whole train split (the clips are still rendered by flite)."""
     monkeypatch.setattr(align, "train_texts", lambda tasks, parts, n, seed: {t: TEXTS[t] for t in tasks})
-    monkeypatch.setattr(align, "eval_texts", lambda tasks, limit, seed: VAL)
+    monkeypatch.setattr(align, "eval_items", lambda tasks, limit, seed: real_eval_items(tasks, VAL_LIMIT, seed))
+
+
+real_eval_items = align.eval_items
 
 
 def _args(tmp_path, out, *extra):
@@ -264,6 +266,9 @@ def test_eval_writes_repeat_wer_per_voice_and_export_loads(tmp_path, offline_dat
     for line in lines:
         assert set(line["wer"]) == {"flite-slt", "flite-kal"} and all(w >= 0 for w in line["wer"].values())
         assert all(np.isfinite(v) for v in line["loss"].values())
+        for key in ("task_acc", "restates"):  # the questions asked as evaluation asks them
+            assert set(line[key]) == {"flite-slt", "flite-kal"} and all(0 <= v <= 1 for v in line[key].values())
+        assert set(line["task_acc_by_task"]["flite-kal"]) == {"sums", "counting"}
     exported = load_adapter(str(tmp_path / "run" / "student"), device="cpu").core
     mine = dict(core.named_parameters())
     for name, p in exported.named_parameters():
@@ -327,5 +332,26 @@ def test_prefill_encodes_exactly_what_training_and_validation_read(tmp_path, off
     n_files = len(list((tmp_path / "cache").rglob("*.npy")))
     args.prefill_only = False
     cache = align.train(args)["cache"]
-    assert cache.misses == 0 and cache.hits == 3 * 3 + 2 * (2 * len(VAL))  # 3 steps x 3 + 2 evals x 2 voices
+    n_val = 2 * VAL_LIMIT
+    # 3 steps x 3 clips + 2 evals x 2 voices x (task check + repeat-WER)
+    assert cache.misses == 0 and cache.hits == 3 * 3 + 2 * 2 * 2 * n_val
     assert len(list((tmp_path / "cache").rglob("*.npy"))) == n_files
+
+
+def test_a_run_saved_before_objectives_existed_resumes_as_transcribe_only(tmp_path, offline_data):
+    out = tmp_path / "run"
+    align.train(_args(tmp_path, out, "--max-steps", "1", "--objectives", "transcribe"))
+    state = torch.load(out / "state.pt", weights_only=True)
+    del state["config"]["objectives"]  # what the v2 run's state.pt holds
+    torch.save(state, out / "state.pt")
+    with pytest.raises(SystemExit, match="objectives"):
+        align.train(_args(tmp_path, out, "--max-steps", "2"))  # the default mix is another run
+    assert sorted(align.train(_args(tmp_path, out, "--max-steps", "2", "--objectives", "transcribe"))["losses"]) == [2]
+
+
+def test_objectives_change_what_a_step_trains_on(tmp_path, offline_data):
+    mix = align.train(_args(tmp_path, tmp_path / "mix", "--max-steps", "1"))["losses"]
+    one = align.train(_args(tmp_path, tmp_path / "one", "--max-steps", "1", "--objectives", "transcribe"))
+    assert mix[1] != one["losses"][1]
+    with pytest.raises(SystemExit, match="unknown"):
+        align.train(_args(tmp_path, tmp_path / "bad", "--objectives", "transcribe,answer"))

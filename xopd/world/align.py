@@ -1,4 +1,4 @@
-"""Align the demo student's audio path: it hears a spoken prompt and must repeat it, the LLM frozen.
+"""Align the demo student's audio path: it hears a spoken prompt and must say what was said, the LLM frozen.
 
     python -m xopd.world.align --out artifacts/world/align \\
         --llm-adapter artifacts/world/teacher/step-000100 --batch-size 8 --lr 2e-3 --max-steps 1500 \\
@@ -9,9 +9,13 @@ tiny.en encoder + linear projector + SmolLM2-135M-Instruct, Qwen2-Audio layout) 
 *weaker relative of the teacher*: SmolLM2 with an early LoRA checkpoint of the teacher-tuning run merged in
 (``--llm-adapter``; ``none`` keeps plain SmolLM2). Its projector starts untrained; this script trains it.
 
-Objective (content alignment, no answers): the user turn is ``[audio] + REPEAT_PROMPT``; the target is the
-text that was spoken (``task.render_spoken(item)``), tokenized and followed by the chat end-of-turn; the
-loss is the mean cross-entropy over those target tokens. Items are the *train* split of ``--tasks``, from
+Objective (content alignment, no answers): the user turn is ``[audio] + instruction``; the target is a
+function of the text that was spoken (``task.render_spoken(item)``), tokenized and followed by the chat
+end-of-turn; the loss is the mean cross-entropy over those target tokens. The instruction and its target
+vary per batch slot (:mod:`xopd.world.objectives`: transcribe, the last word, the first words, in capitals,
+was a word heard...), so the instruction, not the audio, decides what to do; ``--objectives transcribe`` is
+the single-instruction objective of the v2 run, whose student said spoken questions back instead of
+answering them. Items are the *train* split of ``--tasks``, from
 both parts of :mod:`xopd.world.parts` by default: alignment only ever reads questions, never answers, so
 it leaks nothing about what the teacher was tuned on or what distillation will teach (``--parts distill``
 restricts it if one wants the student to never have heard the tuning questions at all). Each draw speaks its
@@ -30,8 +34,10 @@ model on ``inputs_embeds``. ``tests/test_world_align.py`` checks that this equal
 the processor's inputs. With ``--encoder-lora`` the cache is bypassed and the encoder runs every step.
 
 Outputs under ``--out``: ``step-NNNNNN/trainable.safetensors`` (projector [+ encoder LoRA]), ``state.pt``
-(optimizer, step, RNG, data position: rerunning the same command continues exactly), ``eval.jsonl`` (repeat
-WER by greedy decoding and teacher-forced loss on validation clips, per voice), ``command.txt``, and after the
+(optimizer, step, RNG, data position: rerunning the same command continues exactly), ``eval.jsonl`` (per
+voice: repeat-WER by greedy decoding under the transcription instruction and its teacher-forced loss; and the
+validation questions asked as evaluation asks them, the task's own instruction beside the clip: accuracy and
+the share of responses that only restate the question), ``command.txt``, and after the
 last step ``student/``: the full student (merged LLM + trained projector) as a Qwen2-Audio model folder.
 ``--prefill-only`` renders and encodes every clip the remaining steps will draw, then exits (resumable); run
 with the same arguments beside the training process, it keeps ahead of it (a clip costs ~0.7 s of Whisper
@@ -63,6 +69,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
+from evalsuite.run import judge
 from evalsuite.speech import parse_variants, render_array
 from evalsuite.tasks import DEFAULT_MIX, load_task
 from evalsuite.textnorm import corpus_wer
@@ -72,6 +79,7 @@ from xopd.paths import atomic_dir
 from xopd.prompting import TRANSCRIBE_INSTRUCTION
 from xopd.world.cli import add_run_args, parser
 from xopd.world.encoder_cache import EncoderCache, audio_features, encode_features
+from xopd.world.objectives import DEFAULT_OBJECTIVES, objective_for, parse_objectives
 from xopd.world.parts import PARTS, items_of_part
 from xopd.world.tune_teacher import (
     Sampler,
@@ -84,7 +92,9 @@ DEFAULT_VOICES = "hibari,hibari-slow,hibari-fast,flite-slt,flite-rms,flite-awb,c
 ENCODER_LORA_TARGETS = r"layers\.\d+\.(self_attn\.(q_proj|k_proj|v_proj|out_proj)|fc1|fc2)"
 # Changing any of these changes the run: a resume with different values is refused.
 RUN_KEYS = ("base", "llm", "llm_adapter", "tasks", "parts", "voices", "items_per_task", "seed", "lr",
-            "warmup", "batch_size", "weight_decay", "grad_clip", "encoder_lora", "cache_dtype", "init_trainable")
+            "warmup", "batch_size", "weight_decay", "grad_clip", "encoder_lora", "cache_dtype", "init_trainable",
+            "objectives")
+LEGACY_RUN_KEYS = {"objectives": "transcribe"}  # what a run saved before the key existed trained on
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -99,6 +109,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--tasks", default=",".join(DEFAULT_MIX), help="comma-separated task names (train split)")
     p.add_argument("--parts", default="tune,distill", help="parts of the train split (xopd.world.parts)")
     p.add_argument("--voices", default=DEFAULT_VOICES, help="training voices (evalsuite.speech variants)")
+    p.add_argument("--objectives", default=DEFAULT_OBJECTIVES,
+                   help="content objectives drawn per batch slot (xopd.world.objectives; repeat a name to "
+                        "weight it)")
     p.add_argument("--eval-voices", default="hibari,flite-kal", help="validation voices (seen, held out)")
     p.add_argument("--items-per-task", type=int, default=0, help="use only this many items per task (0: all)")
     p.add_argument("--seed", type=int, default=0)
@@ -215,10 +228,11 @@ def trainable_state(core: Any) -> dict[str, Tensor]:
 # --------------------------------------------------------------------------------------------- prompts
 
 
-class RepeatPrompt:
-    """The repeat prompt's token ids around its one ``<|AUDIO|>``, rendered once by the model's own chat
-    template (:func:`xopd.prompting.render`, as evaluation renders it); ``ids(n)`` expands the placeholder
-    to ``n`` audio tokens, as ``Qwen2AudioProcessor`` does."""
+class AudioPrompt:
+    """A speech prompt's token ids (the clip, then ``instruction`` beside it, or the clip alone when it is
+    empty) around its one ``<|AUDIO|>``, rendered once by the model's own chat template
+    (:func:`xopd.prompting.render`, as evaluation renders it); ``ids(n)`` expands the placeholder to ``n``
+    audio tokens, as ``Qwen2AudioProcessor`` does."""
 
     def __init__(self, adapter: Any, instruction: str = REPEAT_PROMPT) -> None:
         from xopd import prompting
@@ -229,7 +243,7 @@ class RepeatPrompt:
         self.audio_id = int(adapter.core.config.audio_token_id)
         where = [i for i, t in enumerate(r.ids) if t == self.audio_id]
         if len(where) != 1:
-            raise ValueError(f"the repeat prompt renders {len(where)} audio tokens, expected 1: {r.text!r}")
+            raise ValueError(f"the audio prompt renders {len(where)} audio tokens, expected 1: {r.text!r}")
         self.prefix, self.suffix = r.ids[: where[0]], r.ids[where[0] + 1 :]
         self.messages = msgs
 
@@ -237,8 +251,20 @@ class RepeatPrompt:
         return self.prefix + [self.audio_id] * n_audio + self.suffix
 
 
+class Prompts(dict):
+    """instruction -> :class:`AudioPrompt`, rendered on first use."""
+
+    def __init__(self, adapter: Any) -> None:
+        super().__init__()
+        self.adapter = adapter
+
+    def __missing__(self, instruction: str) -> AudioPrompt:
+        self[instruction] = AudioPrompt(self.adapter, instruction)
+        return self[instruction]
+
+
 def target_ids(adapter: Any, text: str) -> list[int]:
-    """The spoken text, tokenized, then the chat end-of-turn (generation_config's first EOS: <|im_end|>)."""
+    """A target text, tokenized, then the chat end-of-turn (generation_config's first EOS: <|im_end|>)."""
     return list(adapter.tokenizer(text, add_special_tokens=False)["input_ids"]) + [adapter.eos_ids[0]]
 
 
@@ -278,10 +304,13 @@ def repeat_loss(core: Any, ids: Tensor, mask: Tensor, labels: Tensor, audio_stat
 
 
 @torch.no_grad()
-def greedy_repeat(core: Any, adapter: Any, prompt: RepeatPrompt, audio_states: list[Tensor],
-                  max_new_tokens: int) -> list[str]:
-    """Greedy decoding of the repeat prompt for each clip (left-padded batch, generate on inputs_embeds)."""
-    rows = [prompt.ids(int(s.shape[0])) for s in audio_states]
+def greedy(core: Any, adapter: Any, prompts: AudioPrompt | list[AudioPrompt], audio_states: list[Tensor],
+           max_new_tokens: int) -> list[str]:
+    """Greedy decoding of a prompt (one for all, or one per clip) for each clip (left-padded batch, generate
+    on inputs_embeds)."""
+    if isinstance(prompts, AudioPrompt):
+        prompts = [prompts] * len(audio_states)
+    rows = [p.ids(int(s.shape[0])) for p, s in zip(prompts, audio_states, strict=True)]
     width = max(len(r) for r in rows)
     ids = torch.full((len(rows), width), adapter.pad_id, dtype=torch.long)
     mask = torch.zeros((len(rows), width), dtype=torch.long)
@@ -323,14 +352,19 @@ def train_texts(tasks: list[str], parts: list[str], items_per_task: int, seed: i
     return out
 
 
-def eval_texts(tasks: list[str], limit: int, seed: int) -> list[tuple[str, str]]:
-    """(task, spoken text) of the validation items used for repeat-WER."""
+def eval_items(tasks: list[str], limit: int, seed: int) -> list[tuple[Any, Any]]:
+    """(task, item) of the validation items: repeat-WER listens to them, the task check asks them."""
 
     out = []
     for name in tasks:
         task = load_task(name, split="validation", limit=limit, seed=seed)
-        out += [(name, task.render_spoken(it)) for it in task.items]
+        out += [(task, it) for it in task.items]
     return out
+
+
+def eval_texts(tasks: list[str], limit: int, seed: int) -> list[tuple[str, str]]:
+    """(task, spoken text) of the validation items used for repeat-WER."""
+    return [(task.name, task.render_spoken(it)) for task, it in eval_items(tasks, limit, seed)]
 
 
 class Clips:
@@ -389,7 +423,8 @@ def resume(out: Path, core: Any, optimizer: Any, sampler: Any, cfg: dict[str, An
     if not path.exists():
         return 0
     state = torch.load(path, weights_only=True)
-    changed = {k: (state["config"].get(k), cfg[k]) for k in RUN_KEYS if state["config"].get(k) != cfg[k]}
+    was = {k: state["config"].get(k, LEGACY_RUN_KEYS.get(k)) for k in RUN_KEYS}
+    changed = {k: (was[k], cfg[k]) for k in RUN_KEYS if was[k] != cfg[k]}
     if changed:
         raise SystemExit(f"{out} holds a run with other settings {changed} (was, now): use a new --out")
     load_trainable(core, out / state["checkpoint"] / "trainable.safetensors")
@@ -427,16 +462,41 @@ def export_student(adapter: Any, out_dir: Path, meta: dict[str, Any]) -> Path:
 # --------------------------------------------------------------------------------------------- eval
 
 
-def validate(core: Any, adapter: Any, prompt: RepeatPrompt, clips: Clips, val: list[tuple[str, str]],
-             voices: list[Any], batch_size: int, max_new_tokens: int) -> dict[str, Any]:
-    """Per voice: repeat-WER of greedy decodes against the spoken text (``evalsuite.textnorm.corpus_wer``,
-    overall and per task) and the teacher-forced loss on the target tokens."""
+TASK_CHECK_TOKENS = 32  # the mix's answers are a word or a number; a restated question shows within 32 tokens
 
-    result: dict[str, Any] = {"wer": {}, "wer_by_task": {}, "loss": {}, "examples": {}}
+
+def validate(core: Any, adapter: Any, prompts: Prompts, clips: Clips, val: list[tuple[Any, Any]],
+             voices: list[Any], batch_size: int, max_new_tokens: int) -> dict[str, Any]:
+    """Per voice: repeat-WER of greedy decodes under the transcription instruction against the spoken text
+    (``evalsuite.textnorm.corpus_wer``, overall and per task) and the teacher-forced loss on the target
+    tokens; then the task check: each question asked as ``xopd-eval gap`` asks it (the task's instruction
+    beside the clip), scored by :func:`evalsuite.run.judge`: accuracy, and the share that restates the
+    question."""
+
+    result: dict[str, Any] = {"wer": {}, "wer_by_task": {}, "loss": {}, "examples": {}, "task_acc": {},
+                              "restates": {}, "task_acc_by_task": {}, "task_examples": {}}
     for voice in voices:
-        refs, hyps, tasks, nll, ntok = [], [], [], 0.0, 0
+        rows: list[tuple[str, bool, bool, str]] = []  # task, correct, restates, response
         for start in range(0, len(val), batch_size):
             chunk = val[start : start + batch_size]
+            states = clips.states([(task.render_spoken(it), voice) for task, it in chunk])
+            responses = greedy(core, adapter, [prompts[task.instruction or ""] for task, _ in chunk], states,
+                               min(max_new_tokens, TASK_CHECK_TOKENS))
+            for (task, it), resp in zip(chunk, responses):
+                ext, ok = judge(task, it, resp)
+                rows.append((task.name, ok, ext.method == "restates-question", resp))
+        result["task_acc"][voice.name] = sum(r[1] for r in rows) / max(1, len(rows))
+        result["restates"][voice.name] = sum(r[2] for r in rows) / max(1, len(rows))
+        result["task_acc_by_task"][voice.name] = {
+            t: sum(r[1] for r in rows if r[0] == t) / sum(r[0] == t for r in rows) for t in dict.fromkeys(
+                r[0] for r in rows)}
+        result["task_examples"][voice.name] = [r[3] for r in rows[:: max(1, len(rows) // 4)]][:4]
+    prompt = prompts[REPEAT_PROMPT]
+    texts = [(task.name, task.render_spoken(it)) for task, it in val]
+    for voice in voices:
+        refs, hyps, tasks, nll, ntok = [], [], [], 0.0, 0
+        for start in range(0, len(texts), batch_size):
+            chunk = texts[start : start + batch_size]
             states = clips.states([(text, voice) for _, text in chunk])
             targets = [target_ids(adapter, text) for _, text in chunk]
             rows = [(prompt.ids(int(s.shape[0])), t) for s, t in zip(states, targets)]
@@ -445,7 +505,7 @@ def validate(core: Any, adapter: Any, prompt: RepeatPrompt, clips: Clips, val: l
                 nll += float(repeat_loss(core, ids, mask, labels, states, reduction="sum"))
                 ntok += int((labels != -100).sum())
             budget = min(max_new_tokens, max(len(t) for t in targets) + 16)
-            hyps += greedy_repeat(core, adapter, prompt, states, budget)
+            hyps += greedy(core, adapter, prompt, states, budget)
             refs += [text for _, text in chunk]
             tasks += [name for name, _ in chunk]
         result["wer"][voice.name] = corpus_wer(refs, hyps)
@@ -462,7 +522,8 @@ def validate(core: Any, adapter: Any, prompt: RepeatPrompt, clips: Clips, val: l
 def log_eval(out: Path, step: int, result: dict[str, Any], elapsed: float) -> None:
     with open(out / "eval.jsonl", "a") as f:
         f.write(json.dumps({"step": step, **result, "elapsed_s": round(elapsed, 1)}) + "\n")
-    parts = " | ".join(f"{v}: WER {result['wer'][v]:.3f} loss {result['loss'][v]:.3f}" for v in result["wer"])
+    parts = " | ".join(f"{v}: WER {result['wer'][v]:.3f} loss {result['loss'][v]:.3f} task acc "
+                       f"{result['task_acc'][v]:.3f} restates {result['restates'][v]:.3f}" for v in result["wer"])
     print(f"eval step {step}: {parts}", flush=True)
 
 
@@ -476,14 +537,15 @@ def _plan(sampler: Any, step: int, batch_size: int, voices: list[Any], seed: int
 
 
 def prefill(clips: Clips, sampler: Any, first_step: int, args: argparse.Namespace, voices: list[Any],
-            texts: dict[str, list[str]], val: list[tuple[str, str]], eval_voices: list[Any]) -> None:
+            texts: dict[str, list[str]], val: list[tuple[Any, Any]], eval_voices: list[Any]) -> None:
     """Render + encode every clip that steps ``first_step..max_steps`` and validation will read (a copy of
     the sampler is walked, so the real one does not move). Resumable: cached clips are skipped."""
 
     walk = Sampler(sampler.sizes, sampler.seed)
     walk.load(sampler.state())
     pairs: dict[tuple[str, str], Any] = {}
-    for _, text in val:
+    for task, it in val:
+        text = task.render_spoken(it)
         for v in eval_voices:
             pairs.setdefault((text, v.name), v)
     for step in range(first_step, args.max_steps + 1):
@@ -512,6 +574,7 @@ def train(args: argparse.Namespace, argv: list[str] | None = None) -> dict[str, 
         pass
 
     voices = parse_variants(args.voices)
+    objectives = parse_objectives(args.objectives)
     eval_voices = parse_variants(args.eval_voices)
     leaked = [v.name for v in voices if v.name in HELD_OUT_VOICES]
     if leaked:
@@ -540,11 +603,12 @@ def train(args: argparse.Namespace, argv: list[str] | None = None) -> dict[str, 
     cache = EncoderCache(core.model.audio_tower, adapter.feature_extractor, root=args.cache_dir,
                          dtype=args.cache_dtype)
     clips = Clips(cache)
-    prompt = RepeatPrompt(adapter)
+    prompts = Prompts(adapter)
     texts = train_texts(tasks, parts, args.items_per_task, args.seed)
-    val = eval_texts(tasks, args.eval_limit, args.seed)
+    val = eval_items(tasks, args.eval_limit, args.seed)
     sizes = ", ".join(f"{n}={len(v)}" for n, v in texts.items())
     print(f"data (train split, parts {'+'.join(parts)}): {sizes}; voices {','.join(v.name for v in voices)}; "
+          f"objectives {args.objectives}; "
           f"validation {len(val)} clips x {','.join(v.name for v in eval_voices)}; encoder cache {cache.dir}",
           flush=True)
 
@@ -560,7 +624,7 @@ def train(args: argparse.Namespace, argv: list[str] | None = None) -> dict[str, 
         return {"adapter": adapter, "losses": {}, "step": step, "cache": cache}
 
     def run_eval(at: int) -> None:
-        result = validate(core, adapter, prompt, clips, val, eval_voices, args.eval_batch_size,
+        result = validate(core, adapter, prompts, clips, val, eval_voices, args.eval_batch_size,
                           args.eval_max_new_tokens)
         log_eval(out, at, result, time.time() - t_start)
 
@@ -585,7 +649,12 @@ def train(args: argparse.Namespace, argv: list[str] | None = None) -> dict[str, 
         plan = _plan(sampler, step, args.batch_size, voices, args.seed)
         pairs = [(texts[name][i], v) for name, i, v in plan]
         states = encoder_states(pairs)
-        rows = [(prompt.ids(int(s.shape[0])), target_ids(adapter, t)) for s, (t, _) in zip(states, pairs)]
+        rows = []
+        for slot, (s, (text, _)) in enumerate(zip(states, pairs)):
+            other = pairs[(slot + 1) % len(pairs)][0]  # a distractor: the next clip's words
+            objective = objective_for(objectives, args.seed, step, slot)
+            instruction, target = objective.make(text, other, f"{args.seed}:{step}:{slot}")
+            rows.append((prompts[instruction].ids(int(s.shape[0])), target_ids(adapter, target)))
         ids, mask, labels = collate(rows, adapter.pad_id)
         t_b = time.time()
         for g in optimizer.param_groups:
@@ -621,7 +690,7 @@ def train(args: argparse.Namespace, argv: list[str] | None = None) -> dict[str, 
         save(out, step, core, optimizer, sampler, cfg)
     if step >= args.max_steps and not args.no_export:
         meta = {"base": args.base, "llm": args.llm, "llm_adapter": args.llm_adapter, "aligned_steps": step,
-                "objective": "repeat", "repeat_prompt": REPEAT_PROMPT, "voices": [v.name for v in voices]}
+                "objectives": args.objectives, "voices": [v.name for v in voices]}
         path = export_student(adapter, out / "student", meta)
         print(f"exported the aligned student to {path}", flush=True)
     last = out / f"step-{step:06d}"
