@@ -60,6 +60,18 @@ def test_gap_report_numbers_by_hand() -> None:
     assert rep["flags"][0]["mode"] == "speech:clean" and "1 of 10" in md  # 10% errored > 5%
 
 
+def test_restated_questions_are_counted_per_mode_and_named_in_the_markdown() -> None:
+    speech = _samples("t", "speech", "clean", [1, 0, 0, 0], extracted_none={1, 2, 3})
+    for s in speech[1:3]:
+        s.method = "restates-question"
+    rep = gap_report(_samples("t", "text", "", [1, 1, 0, 1]) + speech, n_boot=200)
+    assert rep["tasks"]["t"]["modes"]["speech:clean"]["restated_rate"] == pytest.approx(0.5)
+    assert rep["tasks"]["t"]["modes"]["text"]["restated_rate"] == 0
+    assert "restate the question" in format_gap_markdown(rep) and "speech:clean 50.0%" in format_gap_markdown(rep)
+    plain = gap_report(_samples("t", "text", "", [1, 0]) + _samples("t", "speech", "clean", [0, 1]), n_boot=200)
+    assert "restate" not in format_gap_markdown(plain)
+
+
 def test_gap_report_with_teacher_avg_drop() -> None:
     student = _samples("a", "text", "", [1] * 6 + [0] * 4) + _samples("a", "speech", "clean", [1] * 3 + [0] * 7)
     teacher = _samples("a", "text", "", [1] * 8 + [0] * 2)

@@ -46,6 +46,7 @@ def mode_summary(rows: dict[str, Sample]) -> dict:
     ok = usable(rows)
     n_usable = len(ok)
     failed = sum(1 for s in ok.values() if s.extracted is None)
+    restated = sum(1 for s in ok.values() if s.method == "restates-question")
     correct = sum(1 for s in ok.values() if s.correct)
     return {
         "n": n,
@@ -54,6 +55,8 @@ def mode_summary(rows: dict[str, Sample]) -> dict:
         "error_rate": (n - n_usable) / n if n else float("nan"),
         "accuracy": correct / n_usable if n_usable else float("nan"),
         "extraction_fail_rate": failed / n_usable if n_usable else float("nan"),
+        # a speech model that says the question back instead of answering it (evalsuite.extract.restates_question)
+        "restated_rate": restated / n_usable if n_usable else float("nan"),
     }
 
 
@@ -322,6 +325,11 @@ def format_gap_markdown(report: dict) -> str:
                          f"{named}")
         if report.get("avg_drop_excluded"):
             lines.append(f"Left out of Avg. Drop % (teacher text score 0): {', '.join(report['avg_drop_excluded'])}")
+    restated = {m: _mean_defined(e["modes"].get(m, {}).get("restated_rate") for e in report["tasks"].values())
+                for m in [TEXT, *speech_modes]}
+    if any(v > 0 for v in restated.values()):  # nan > 0 is False
+        lines.append("Responses that only restate the question (extraction failures, scored wrong; mean over "
+                     "tasks): " + ", ".join(f"{m} {_pct(v)}%" for m, v in restated.items()))
     flags = report.get("flags") or []
     if flags:
         thr = _num(report.get("error_rate_threshold"))

@@ -52,6 +52,8 @@ def world_numbers(gap: dict[str, Any], perception: dict[str, Any], *, seen: str 
             "gap_seen": e["gap"][_mode(seen)]["diff"], "gap_seen_ci": e["gap"][_mode(seen)]["ci"],
             "gap_heldout": e["gap"][_mode(held_out)]["diff"], "gap_heldout_ci": e["gap"][_mode(held_out)]["ci"],
             "n_paired_heldout": e["gap"][_mode(held_out)]["n"],
+            "restated_seen": modes[_mode(seen)].get("restated_rate"),
+            "restated_heldout": modes[_mode(held_out)].get("restated_rate"),
             "repeat_wer": pt.get("model_wer"), "whisper_wer": pt.get("asr_wer"),
             "perception": {k: pt.get(k) for k in ("acc", "form", "hearing", "reasoning", "gap")} if pt else None,
         }
@@ -69,11 +71,18 @@ def world_numbers(gap: dict[str, Any], perception: dict[str, Any], *, seen: str 
             "delta_s": drops.get(_mode(held_out)), "delta_s_ci": drop_ci.get(_mode(held_out)),
             "delta_s_seen": drops.get(_mode(seen)), "delta_s_seen_ci": drop_ci.get(_mode(seen)),
             "delta_t": drops.get("text"), "delta_t_ci": drop_ci.get("text"),
+            "restated_seen": _mean([e["restated_seen"] for e in per_task.values()]),
+            "restated_heldout": _mean([e["restated_heldout"] for e in per_task.values()]),
             "per_task": per_task,
         },
         "voices": {"seen": seen, "held_out": held_out},
         "perception_voice": perception.get("config", {}).get("variant"),
     }
+
+
+def _mean(values: list[float | None]) -> float | None:
+    known = [v for v in values if v is not None]
+    return sum(known) / len(known) if known else None
 
 
 def checks(w: dict[str, Any]) -> list[tuple[str, bool]]:
@@ -132,6 +141,11 @@ def markdown(w: dict[str, Any], runs: list[dict[str, Any]]) -> str:
               f"- ΔT (student text): {_pct_ci(s['delta_t'], s['delta_t_ci'])}",
               f"- ΔS held-out voice: {_pct_ci(s['delta_s'], s['delta_s_ci'])}; seen voice: "
               f"{_pct_ci(s['delta_s_seen'], s['delta_s_seen_ci'])}", ""]
+    if s.get("restated_seen") is not None:
+        per = ", ".join(f"{task} {_p(e['restated_seen'])} / {_p(e['restated_heldout'])}"
+                        for task, e in s["per_task"].items())
+        lines += [f"Speech responses that only restate the question (scored wrong), seen / held-out voice: "
+                  f"{_p(s['restated_seen'])}% / {_p(s['restated_heldout'])}% (macro); per task: {per}.", ""]
     if s["repeat_wer"] is not None:
         lines += [f"Perception (voice `{w.get('perception_voice')}`): the student's transcription WER "
                   f"{_p(s['repeat_wer'])}% vs Whisper tiny.en's {_p(s['whisper_wer'])}% on the same clips; its text "
