@@ -197,7 +197,7 @@ def _args(tmp_path, out, *extra):
         "--out", str(out), "--base", FIXTURE, "--tasks", "sums,counting", "--voices", "flite-slt,flite-rms",
         "--eval-voices", "flite-slt,flite-kal", "--batch-size", "3", "--lr", "1e-2", "--warmup", "1",
         "--eval-every", "0", "--log-every", "1", "--cache-dir", str(tmp_path / "cache"), "--no-progress",
-        "--no-export", *extra,
+        "--no-export", *(() if "--respond-from" in extra else ("--respond-from", "none")), *extra,
     ])
 
 
@@ -355,3 +355,49 @@ def test_objectives_change_what_a_step_trains_on(tmp_path, offline_data):
     assert mix[1] != one["losses"][1]
     with pytest.raises(SystemExit, match="unknown"):
         align.train(_args(tmp_path, tmp_path / "bad", "--objectives", "transcribe,answer"))
+
+
+def test_respond_targets_are_the_llms_own_text_mode_response_as_generated(student):
+    """BLSP's behaviour target: what the LLM says to the typed text, ids as generated (EOS kept when reached)."""
+    from xopd import prompting
+
+    asks = [("What is five plus six?", "Write a short title for what you heard."),
+            ("I have three harps. How many instruments do I have?", "Translate what you heard into French.")]
+    got = align.own_responses(student.core, student, asks, 5)
+    for (text, instruction), ids in zip(asks, got):
+        r = prompting.render(student.tokenizer, prompting.messages_for(f"{text}\n{instruction}", modality="text"),
+                             processor=student.processor, placeholder=student.family.audio_placeholder)
+        with torch.no_grad():
+            out = student.core.generate(input_ids=torch.tensor([r.ids]), max_new_tokens=5, do_sample=False,
+                                        eos_token_id=student.eos_ids, pad_token_id=student.pad_id,
+                                        suppress_tokens=[student.core.config.audio_token_id])
+        alone = out[0, len(r.ids):].tolist()
+        cut = next((i for i, t in enumerate(alone) if t in student.eos_ids), None)
+        assert ids == (alone if cut is None else alone[: cut + 1])
+
+
+def test_behaviour_requests_train_on_the_llms_own_responses_and_resume_exactly(tmp_path, offline_data):
+    pool = ("--respond-from", "letter_counting,coin_flip", "--respond-per-dataset", "3", "--respond-weight", "2",
+            "--objectives", "transcribe")
+    whole = align.train(_args(tmp_path, tmp_path / "whole", "--max-steps", "2", *pool))
+    first = align.train(_args(tmp_path, tmp_path / "pieces", "--max-steps", "1", *pool))
+    second = align.train(_args(tmp_path, tmp_path / "pieces", "--max-steps", "2", *pool))
+    assert all(np.isfinite(v) for v in whole["losses"].values())
+    assert first["losses"] == {1: whole["losses"][1]} and second["losses"] == {2: whole["losses"][2]}
+    plain = align.train(_args(tmp_path, tmp_path / "plain", "--max-steps", "1", "--objectives", "transcribe"))
+    assert plain["losses"][1] != whole["losses"][1]
+    with pytest.raises(SystemExit, match="respond_from"):  # a run without requests is another run
+        align.train(_args(tmp_path, tmp_path / "plain", "--max-steps", "2", *pool))
+
+
+def test_requests_are_speakable_outside_the_mix_and_some_carry_a_text_instruction():
+    from xopd.world.respond_pool import respond_requests, split_request
+
+    reqs = respond_requests(["calendar_arithmetic", "letter_counting"], 20, seed=0)
+    assert set(reqs) == {"respond/calendar_arithmetic", "respond/letter_counting"}
+    for spoken, instruction in [r for v in reqs.values() for r in v]:
+        assert spoken and not any(ch.isdigit() for ch in spoken)  # numbers are said as words
+    cal = reqs["respond/calendar_arithmetic"]
+    assert any(i for _, i in cal) and any(not i for _, i in cal)  # both ways of asking occur
+    assert split_request("How many times does the letter \"h\" appear?") == (
+        'How many times does the letter "h" appear?', "")

@@ -81,6 +81,7 @@ from xopd.world.cli import add_run_args, parser
 from xopd.world.encoder_cache import EncoderCache, audio_features, encode_features
 from xopd.world.objectives import DEFAULT_OBJECTIVES, objective_for, parse_objectives
 from xopd.world.parts import PARTS, items_of_part
+from xopd.world.respond_pool import DEFAULT_RESPOND_FROM, respond_requests
 from xopd.world.tune_teacher import (
     Sampler,
     collate,  # one right-padded (prompt, target) collation for both recipes
@@ -93,8 +94,11 @@ ENCODER_LORA_TARGETS = r"layers\.\d+\.(self_attn\.(q_proj|k_proj|v_proj|out_proj
 # Changing any of these changes the run: a resume with different values is refused.
 RUN_KEYS = ("base", "llm", "llm_adapter", "tasks", "parts", "voices", "items_per_task", "seed", "lr",
             "warmup", "batch_size", "weight_decay", "grad_clip", "encoder_lora", "cache_dtype", "init_trainable",
-            "objectives")
-LEGACY_RUN_KEYS = {"objectives": "transcribe"}  # what a run saved before the key existed trained on
+            "objectives", "respond_from", "respond_per_dataset", "respond_voices", "respond_weight")
+DEFAULT_RESPOND_VOICES = "flite-slt,flite-rms,flite-awb,clean"  # fast to render: the requests are new clips
+# what a run saved before a key existed trained on
+LEGACY_RUN_KEYS = {"objectives": "transcribe", "respond_from": "none", "respond_per_dataset": 150,
+                   "respond_voices": DEFAULT_RESPOND_VOICES, "respond_weight": 1.0}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -112,6 +116,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--objectives", default=DEFAULT_OBJECTIVES,
                    help="content objectives drawn per batch slot (xopd.world.objectives; repeat a name to "
                         "weight it)")
+    p.add_argument("--respond-from", default=DEFAULT_RESPOND_FROM,
+                   help="reasoning-gym generators outside the mix whose spoken requests train behaviour: the "
+                        "target is the LLM's own response to the typed request (xopd.world.respond_pool); none: off")
+    p.add_argument("--respond-per-dataset", type=int, default=150, help="requests per --respond-from generator")
+    p.add_argument("--respond-voices", default=DEFAULT_RESPOND_VOICES, help="voices of the requests")
+    p.add_argument("--respond-weight", type=float, default=1.0,
+                   help="sampling weight of each --respond-from generator (each mix task weighs 1)")
     p.add_argument("--eval-voices", default="hibari,flite-kal", help="validation voices (seen, held out)")
     p.add_argument("--items-per-task", type=int, default=0, help="use only this many items per task (0: all)")
     p.add_argument("--seed", type=int, default=0)
@@ -311,6 +322,33 @@ def greedy(core: Any, adapter: Any, prompts: AudioPrompt | list[AudioPrompt], au
     if isinstance(prompts, AudioPrompt):
         prompts = [prompts] * len(audio_states)
     rows = [p.ids(int(s.shape[0])) for p, s in zip(prompts, audio_states, strict=True)]
+    return [adapter.tokenizer.decode(ids, skip_special_tokens=True).strip()
+            for ids in greedy_ids(core, adapter, rows, audio_states, max_new_tokens)]
+
+
+def own_responses(core: Any, adapter: Any, asks: list[tuple[str, str]], max_new_tokens: int) -> list[list[int]]:
+    """The ``respond`` objective's targets: the LLM's own greedy response, as token ids, to each (spoken text,
+    instruction) typed as evaluation types a question (text, line break, instruction), ending with the
+    end-of-turn when it ended within ``max_new_tokens`` (a cut response has none, so it teaches no early
+    stop). The ids are used as generated, never re-tokenized."""
+    from xopd import prompting
+
+    rows = []
+    for text, instruction in asks:
+        typed = f"{text}\n{instruction}" if instruction else text
+        msgs = prompting.messages_for(typed, modality=prompting.TEXT)
+        rows.append(prompting.render(adapter.tokenizer, msgs, processor=adapter.processor,
+                                     placeholder=adapter.family.audio_placeholder).ids)
+    # an <|AUDIO|> id in a target would take a frame's place in the training row
+    return greedy_ids(core, adapter, rows, [], max_new_tokens, keep_eos=True,
+                      suppress_tokens=[int(core.config.audio_token_id)])
+
+
+@torch.no_grad()
+def greedy_ids(core: Any, adapter: Any, rows: list[list[int]], audio_states: list[Tensor], max_new_tokens: int,
+               keep_eos: bool = False, **generate: Any) -> list[list[int]]:
+    """Greedy continuations of prompt id rows (left-padded batch, generate on inputs_embeds): the new ids up to
+    the first end-of-turn (included when ``keep_eos``)."""
     width = max(len(r) for r in rows)
     ids = torch.full((len(rows), width), adapter.pad_id, dtype=torch.long)
     mask = torch.zeros((len(rows), width), dtype=torch.long)
@@ -319,12 +357,12 @@ def greedy(core: Any, adapter: Any, prompts: AudioPrompt | list[AudioPrompt], au
         mask[i, width - len(r) :] = 1
     embeds = embed_with_audio(core, ids, audio_states)
     out = core.generate(inputs_embeds=embeds, attention_mask=mask, max_new_tokens=max_new_tokens,
-                        do_sample=False, eos_token_id=adapter.eos_ids, pad_token_id=adapter.pad_id)
-    texts = []
+                        do_sample=False, eos_token_id=adapter.eos_ids, pad_token_id=adapter.pad_id, **generate)
+    result = []
     for row in out.tolist():
-        cut = next((i for i, t in enumerate(row) if t in adapter.eos_ids), len(row))
-        texts.append(adapter.tokenizer.decode(row[:cut], skip_special_tokens=True).strip())
-    return texts
+        cut = next((i for i, t in enumerate(row) if t in adapter.eos_ids), None)
+        result.append(row if cut is None else row[: cut + 1] if keep_eos else row[:cut])
+    return result
 
 
 # --------------------------------------------------------------------------------------------- data
@@ -462,6 +500,7 @@ def export_student(adapter: Any, out_dir: Path, meta: dict[str, Any]) -> Path:
 # --------------------------------------------------------------------------------------------- eval
 
 
+RESPOND_TOKENS = 40  # the respond objective's own-response budget (a cut response ends without end-of-turn)
 TASK_CHECK_TOKENS = 32  # the mix's answers are a word or a number; a restated question shows within 32 tokens
 
 
@@ -530,18 +569,21 @@ def log_eval(out: Path, step: int, result: dict[str, Any], elapsed: float) -> No
 # --------------------------------------------------------------------------------------------- main
 
 
-def _plan(sampler: Any, step: int, batch_size: int, voices: list[Any], seed: int
-          ) -> list[tuple[str, int, Any]]:
-    return [(name, i, voice_for(voices, seed, step, slot))
+def _plan(sampler: Any, step: int, batch_size: int, voices: list[Any], seed: int,
+          respond_voices: list[Any] | None = None) -> list[tuple[str, int, Any]]:
+    """(task, item, voice) per batch slot; a behaviour request is said by one of ``respond_voices``."""
+    return [(name, i, voice_for(respond_voices if name.startswith("respond/") and respond_voices else voices,
+                                seed, step, slot))
             for slot, (name, i) in enumerate(sampler.next(batch_size))]
 
 
 def prefill(clips: Clips, sampler: Any, first_step: int, args: argparse.Namespace, voices: list[Any],
-            texts: dict[str, list[str]], val: list[tuple[Any, Any]], eval_voices: list[Any]) -> None:
+            texts: dict[str, list[str]], val: list[tuple[Any, Any]], eval_voices: list[Any],
+            respond_voices: list[Any] | None = None) -> None:
     """Render + encode every clip that steps ``first_step..max_steps`` and validation will read (a copy of
     the sampler is walked, so the real one does not move). Resumable: cached clips are skipped."""
 
-    walk = Sampler(sampler.sizes, sampler.seed)
+    walk = copy.deepcopy(sampler)
     walk.load(sampler.state())
     pairs: dict[tuple[str, str], Any] = {}
     for task, it in val:
@@ -549,7 +591,7 @@ def prefill(clips: Clips, sampler: Any, first_step: int, args: argparse.Namespac
         for v in eval_voices:
             pairs.setdefault((text, v.name), v)
     for step in range(first_step, args.max_steps + 1):
-        for name, i, v in _plan(walk, step, args.batch_size, voices, args.seed):
+        for name, i, v in _plan(walk, step, args.batch_size, voices, args.seed, respond_voices):
             pairs.setdefault((texts[name][i], v.name), v)
     print(f"prefill: {len(pairs)} distinct clips (validation + steps {first_step}..{args.max_steps})",
           flush=True)
@@ -575,8 +617,11 @@ def train(args: argparse.Namespace, argv: list[str] | None = None) -> dict[str, 
 
     voices = parse_variants(args.voices)
     objectives = parse_objectives(args.objectives)
+    respond_from = [] if args.respond_from.lower() in ("", "none") else [
+        n.strip() for n in args.respond_from.split(",") if n.strip()]
+    respond_voices = parse_variants(args.respond_voices)
     eval_voices = parse_variants(args.eval_voices)
-    leaked = [v.name for v in voices if v.name in HELD_OUT_VOICES]
+    leaked = [v.name for v in [*voices, *respond_voices] if v.name in HELD_OUT_VOICES]
     if leaked:
         raise SystemExit(f"--voices {','.join(leaked)}: held out for validation, never trained on")
     parts = [p.strip() for p in args.parts.split(",") if p.strip()]
@@ -605,6 +650,8 @@ def train(args: argparse.Namespace, argv: list[str] | None = None) -> dict[str, 
     clips = Clips(cache)
     prompts = Prompts(adapter)
     texts = train_texts(tasks, parts, args.items_per_task, args.seed)
+    requests = respond_requests(respond_from, args.respond_per_dataset, args.seed) if respond_from else {}
+    texts.update({name: [spoken for spoken, _ in reqs] for name, reqs in requests.items()})
     val = eval_items(tasks, args.eval_limit, args.seed)
     sizes = ", ".join(f"{n}={len(v)}" for n, v in texts.items())
     print(f"data (train split, parts {'+'.join(parts)}): {sizes}; voices {','.join(v.name for v in voices)}; "
@@ -615,12 +662,14 @@ def train(args: argparse.Namespace, argv: list[str] | None = None) -> dict[str, 
     if args.init_trainable:
         load_trainable(core, Path(args.init_trainable), subset=True)
     optimizer = torch.optim.AdamW(params, lr=args.lr, weight_decay=args.weight_decay)
-    sampler = Sampler({n: len(v) for n, v in texts.items()}, args.seed)
+    # no weights without requests: rng.choice, as runs from before the requests existed drew
+    weights = {n: args.respond_weight if n in requests else 1.0 for n in texts} if requests else None
+    sampler = Sampler({n: len(v) for n, v in texts.items()}, args.seed, weights)
     step = resume(out, core, optimizer, sampler, cfg)
     if step:
         print(f"resuming after step {step}", flush=True)
     if args.prefill_only:
-        prefill(clips, sampler, step + 1, args, voices, texts, val, eval_voices)
+        prefill(clips, sampler, step + 1, args, voices, texts, val, eval_voices, respond_voices)
         return {"adapter": adapter, "losses": {}, "step": step, "cache": cache}
 
     def run_eval(at: int) -> None:
@@ -646,15 +695,22 @@ def train(args: argparse.Namespace, argv: list[str] | None = None) -> dict[str, 
     while step < args.max_steps:
         step += 1
         t_a = time.time()
-        plan = _plan(sampler, step, args.batch_size, voices, args.seed)
+        plan = _plan(sampler, step, args.batch_size, voices, args.seed, respond_voices)
         pairs = [(texts[name][i], v) for name, i, v in plan]
         states = encoder_states(pairs)
-        rows = []
-        for slot, (s, (text, _)) in enumerate(zip(states, pairs)):
+        asks: list[tuple[str, str, str | None]] = []  # (spoken, instruction, target; None: the LLM's own)
+        for slot, ((name, i, _), (text, _)) in enumerate(zip(plan, pairs)):
+            if name in requests:
+                asks.append((text, requests[name][i][1], None))
+                continue
             other = pairs[(slot + 1) % len(pairs)][0]  # a distractor: the next clip's words
             objective = objective_for(objectives, args.seed, step, slot)
-            instruction, target = objective.make(text, other, f"{args.seed}:{step}:{slot}")
-            rows.append((prompts[instruction].ids(int(s.shape[0])), target_ids(adapter, target)))
+            asks.append((text, *objective.make(text, other, f"{args.seed}:{step}:{slot}")))
+        own = iter(own_responses(core, adapter, [(t, i) for t, i, target in asks if target is None],
+                                 RESPOND_TOKENS) if any(a[2] is None for a in asks) else [])
+        rows = [(prompts[instruction].ids(int(s.shape[0])),
+                 target_ids(adapter, target) if target is not None else next(own))
+                for s, (_, instruction, target) in zip(states, asks)]
         ids, mask, labels = collate(rows, adapter.pad_id)
         t_b = time.time()
         for g in optimizer.param_groups:
@@ -690,7 +746,7 @@ def train(args: argparse.Namespace, argv: list[str] | None = None) -> dict[str, 
         save(out, step, core, optimizer, sampler, cfg)
     if step >= args.max_steps and not args.no_export:
         meta = {"base": args.base, "llm": args.llm, "llm_adapter": args.llm_adapter, "aligned_steps": step,
-                "objectives": args.objectives, "voices": [v.name for v in voices]}
+                "objectives": args.objectives, "respond_from": respond_from, "voices": [v.name for v in voices]}
         path = export_student(adapter, out / "student", meta)
         print(f"exported the aligned student to {path}", flush=True)
     last = out / f"step-{step:06d}"

@@ -10,6 +10,9 @@ the audio embeddings; the step-967 student then said back 99% of spoken question
 whatever instruction came with the clip (reports/demo/align.md). When the instruction varies and decides the
 target, the audio has to carry only what was said.
 
+Behaviour alignment (the LLM's own response as the target) lives in :mod:`xopd.world.respond_pool`: on these
+questions the student's own response is its answer.
+
 Per batch slot the objective is drawn by a hash of (seed, step, slot), like the voice: no state to resume.
 ``--objectives`` lists names; a name given twice is drawn twice as often.
 """
