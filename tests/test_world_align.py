@@ -401,3 +401,27 @@ def test_requests_are_speakable_outside_the_mix_and_some_carry_a_text_instructio
     assert any(i for _, i in cal) and any(not i for _, i in cal)  # both ways of asking occur
     assert split_request("How many times does the letter \"h\" appear?") == (
         'How many times does the letter "h" appear?', "")
+
+
+def test_a_text_llm_can_give_the_requests_targets(tmp_path, offline_data, student):
+    """--respond-llm: targets from a text LLM with the student's vocabulary, as its own generate gives them."""
+    from xopd import prompting
+
+    responder = align.TextResponder("fixture:teacher", student.tokenizer)
+    asks = [("How many times does the letter r appear in the word carrot?", ""),
+            ("Is two thousand thirty a leap year?", "Answer with Yes or No.")]
+    got = responder(asks, 4)
+    for (text, instruction), ids in zip(asks, got):
+        typed = f"{text}\n{instruction}" if instruction else text
+        r = prompting.render(responder.tokenizer, prompting.messages_for(typed, modality="text"))
+        with torch.no_grad():
+            alone = responder.model.generate(input_ids=torch.tensor([r.ids]), max_new_tokens=4, do_sample=False,
+                                             eos_token_id=responder.eos, pad_token_id=responder.pad)
+        alone = alone[0, len(r.ids):].tolist()
+        cut = next((i for i, t in enumerate(alone) if t in responder.eos), None)
+        assert ids == (alone if cut is None else alone[: cut + 1])
+    pool = ("--respond-from", "coin_flip", "--respond-per-dataset", "2", "--respond-weight", "4")
+    run = align.train(_args(tmp_path, tmp_path / "run", "--max-steps", "1", "--respond-llm", "fixture:teacher", *pool))
+    assert np.isfinite(run["losses"][1])
+    with pytest.raises(SystemExit, match="respond_llm"):
+        align.train(_args(tmp_path, tmp_path / "run", "--max-steps", "2", *pool))

@@ -94,11 +94,11 @@ ENCODER_LORA_TARGETS = r"layers\.\d+\.(self_attn\.(q_proj|k_proj|v_proj|out_proj
 # Changing any of these changes the run: a resume with different values is refused.
 RUN_KEYS = ("base", "llm", "llm_adapter", "tasks", "parts", "voices", "items_per_task", "seed", "lr",
             "warmup", "batch_size", "weight_decay", "grad_clip", "encoder_lora", "cache_dtype", "init_trainable",
-            "objectives", "respond_from", "respond_per_dataset", "respond_voices", "respond_weight")
+            "objectives", "respond_from", "respond_per_dataset", "respond_voices", "respond_weight", "respond_llm")
 DEFAULT_RESPOND_VOICES = "flite-slt,flite-rms,flite-awb,clean"  # fast to render: the requests are new clips
 # what a run saved before a key existed trained on
 LEGACY_RUN_KEYS = {"objectives": "transcribe", "respond_from": "none", "respond_per_dataset": 150,
-                   "respond_voices": DEFAULT_RESPOND_VOICES, "respond_weight": 1.0}
+                   "respond_voices": DEFAULT_RESPOND_VOICES, "respond_weight": 1.0, "respond_llm": "student"}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -123,6 +123,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--respond-voices", default=DEFAULT_RESPOND_VOICES, help="voices of the requests")
     p.add_argument("--respond-weight", type=float, default=1.0,
                    help="sampling weight of each --respond-from generator (each mix task weighs 1)")
+    p.add_argument("--respond-llm", default="student",
+                   help="whose typed response is a request's target: 'student' (its own LLM) or a text LLM sharing "
+                        "its vocabulary (zoo name or path), for a student LLM that no longer responds but answers")
     p.add_argument("--eval-voices", default="hibari,flite-kal", help="validation voices (seen, held out)")
     p.add_argument("--items-per-task", type=int, default=0, help="use only this many items per task (0: all)")
     p.add_argument("--seed", type=int, default=0)
@@ -342,6 +345,42 @@ def own_responses(core: Any, adapter: Any, asks: list[tuple[str, str]], max_new_
     # an <|AUDIO|> id in a target would take a frame's place in the training row
     return greedy_ids(core, adapter, rows, [], max_new_tokens, keep_eos=True,
                       suppress_tokens=[int(core.config.audio_token_id)])
+
+
+class TextResponder:
+    """Behaviour targets from a text LLM that shares the student's vocabulary (``--respond-llm``): its greedy
+    response to the typed request under its own chat template, as token ids (valid student ids, checked)."""
+
+    def __init__(self, name: str, student_tokenizer: Any) -> None:
+        self.model, self.tokenizer = load_text_lm(resolve_model_name(name), dtype=torch.float32, device="cpu")
+        ours = student_tokenizer.get_vocab()
+        differ = [t for t, i in self.tokenizer.get_vocab().items() if ours.get(t) != i]
+        if differ:
+            raise SystemExit(f"--respond-llm {name}: its vocabulary differs from the student's ({differ[:3]} ...); "
+                             "its token ids would mean other tokens to the student")
+        eos = self.model.generation_config.eos_token_id
+        self.eos = [eos] if isinstance(eos, int) else list(eos or [self.tokenizer.eos_token_id])
+        self.pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.eos[0]
+
+    @torch.no_grad()
+    def __call__(self, asks: list[tuple[str, str]], max_new_tokens: int) -> list[list[int]]:
+        from xopd import prompting
+
+        rows = [prompting.render(self.tokenizer, prompting.messages_for(
+            f"{text}\n{instruction}" if instruction else text, modality=prompting.TEXT)).ids
+            for text, instruction in asks]
+        width = max(len(r) for r in rows)
+        ids = torch.full((len(rows), width), self.pad, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, r in enumerate(rows):
+            ids[i, width - len(r) :], mask[i, width - len(r) :] = torch.tensor(r), 1
+        out = self.model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens,
+                                  do_sample=False, eos_token_id=self.eos, pad_token_id=self.pad)[:, width:]
+        result = []
+        for row in out.tolist():
+            cut = next((i for i, t in enumerate(row) if t in self.eos), None)
+            result.append(row if cut is None else row[: cut + 1])
+        return result
 
 
 @torch.no_grad()
@@ -662,6 +701,11 @@ def train(args: argparse.Namespace, argv: list[str] | None = None) -> dict[str, 
     if args.init_trainable:
         load_trainable(core, Path(args.init_trainable), subset=True)
     optimizer = torch.optim.AdamW(params, lr=args.lr, weight_decay=args.weight_decay)
+    if args.respond_llm == "student":
+        def respond(asks: list[tuple[str, str]], n: int) -> list[list[int]]:
+            return own_responses(core, adapter, asks, n)
+    else:
+        respond = TextResponder(args.respond_llm, adapter.tokenizer)
     # no weights without requests: rng.choice, as runs from before the requests existed drew
     weights = {n: args.respond_weight if n in requests else 1.0 for n in texts} if requests else None
     sampler = Sampler({n: len(v) for n, v in texts.items()}, args.seed, weights)
@@ -706,8 +750,8 @@ def train(args: argparse.Namespace, argv: list[str] | None = None) -> dict[str, 
             other = pairs[(slot + 1) % len(pairs)][0]  # a distractor: the next clip's words
             objective = objective_for(objectives, args.seed, step, slot)
             asks.append((text, *objective.make(text, other, f"{args.seed}:{step}:{slot}")))
-        own = iter(own_responses(core, adapter, [(t, i) for t, i, target in asks if target is None],
-                                 RESPOND_TOKENS) if any(a[2] is None for a in asks) else [])
+        own = iter(respond([(t, i) for t, i, target in asks if target is None], RESPOND_TOKENS)
+                   if any(a[2] is None for a in asks) else [])
         rows = [(prompts[instruction].ids(int(s.shape[0])),
                  target_ids(adapter, target) if target is not None else next(own))
                 for s, (_, instruction, target) in zip(states, asks)]
