@@ -26,7 +26,7 @@ from evalsuite.tasks.task import speakable
 DEFAULT_RESPOND_FROM = "letter_counting,calendar_arithmetic,coin_flip,sentence_reordering"
 MAX_CHARS = 240  # a ~15 s clip at most
 _SPEAKABLE = re.compile(r"^[A-Za-z0-9 ,.?'!:;\-\n\"]+$")  # no layout or symbols a voice cannot say
-_LAST_SENTENCE = re.compile(r"^(.+[.?!])\s+([A-Z][^.?!]*[.?!])$", re.S)
+_LAST_SENTENCE = re.compile(r"^(.+[.?!])\s+([A-Z][^.?!]*[.?!])$", re.DOTALL)
 
 
 def _unit(key: str) -> float:
