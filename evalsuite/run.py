@@ -15,6 +15,7 @@ from typing import Any
 from evalsuite.cache import generate_cached
 from evalsuite.extract import Extraction, extract_answer, is_correct, restates_question
 from evalsuite.speech import AudioError, load_audio, render
+from evalsuite.tasks.task import spoken_text
 from evalsuite.types import GenParams, Item, Request
 from xopd.prompting import messages_for
 
@@ -105,11 +106,19 @@ def prepare(task, items: Sequence[Item], modes: Sequence[str], variants: Sequenc
     return out
 
 
+def _stems(task, item: Item) -> tuple[str, str]:
+    """The question as typed and as spoken, without a multiple-choice task's options: quoting the option one
+    picks ("B) the sun heats the sea") repeats option words, not the question."""
+    if task.spec.answer_type != "choice":
+        return task.render_text(item), task.render_spoken(item)
+    return task.spec.prompt.format(question=item.question, choices=""), spoken_text(task.spec, item.question, ())
+
+
 def judge(task, item: Item, text: str) -> tuple[Extraction, bool]:
     """The answer extracted from a response and whether it is right: the task's own verdict where it has one
     (reasoning-gym's scorer), else the generic comparison with the gold answer. A response that only restates
     the question extracts nothing ("restates-question")."""
-    if restates_question(text, (task.render_text(item), task.render_spoken(item))):
+    if restates_question(text, _stems(task, item)):
         return Extraction(None, "restates-question"), False
     ext = extract_answer(text, task.spec.answer_type, item.choices or tuple(task.spec.choices or ()))
     if ext.value is None:

@@ -371,3 +371,23 @@ def test_a_restated_question_scores_as_an_extraction_failure_not_its_last_number
     assert (ext.value, ext.method, correct) == (None, "restates-question", False)
     ext, correct = judge(task, item, f"The answer is {item.answer}.")
     assert correct and ext.value is not None
+
+
+def test_quoting_the_chosen_option_is_an_answer_not_a_restatement(tmp_path) -> None:
+    import json
+
+    from evalsuite.run import judge
+    from evalsuite.tasks import build_task, load_spec
+
+    (tmp_path / "q.jsonl").write_text(json.dumps({
+        "id": "x1", "question": "Why does the sea get warm in summer?",
+        "choices": ["the moon pulls the water", "the sun heats the ocean water"],
+        "answer": "the sun heats the ocean water"}) + "\n")
+    (tmp_path / "q.yaml").write_text('source: {jsonl: q.jsonl}\nanswer_type: choice\n'
+                                     'prompt: "{question}\\n{choices}"\n')
+    task = build_task(load_spec(tmp_path / "q.yaml"))
+    item = task.items[0]
+    ext, correct = judge(task, item, "B) the sun heats the ocean water")
+    assert correct and ext.method != "restates-question"
+    ext, correct = judge(task, item, "Why does the sea get warm in summer?")
+    assert (ext.method, correct) == ("restates-question", False)
