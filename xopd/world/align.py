@@ -317,6 +317,31 @@ def repeat_loss(core: Any, ids: Tensor, mask: Tensor, labels: Tensor, audio_stat
     return torch.nn.functional.cross_entropy(logits.float(), targets[keep], reduction=reduction)
 
 
+def typed(text: str, instruction: str) -> str:
+    """A request typed as evaluation types a question: the text, a line break, the instruction (if any)."""
+    return f"{text}\n{instruction}" if instruction else text
+
+
+def left_pad(rows: list[list[int]], pad: int) -> tuple[Tensor, Tensor]:
+    """Prompt id rows as a left-padded batch (ids, attention mask), as ``generate`` wants them."""
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, r in enumerate(rows):
+        ids[i, width - len(r) :] = torch.tensor(r)
+        mask[i, width - len(r) :] = 1
+    return ids, mask
+
+
+def until_eos(rows: list[list[int]], eos: list[int], keep_eos: bool) -> list[list[int]]:
+    """Each generated row up to its first end-of-turn (included when ``keep_eos``); a row without one whole."""
+    out = []
+    for row in rows:
+        cut = next((i for i, t in enumerate(row) if t in eos), None)
+        out.append(row if cut is None else row[: cut + 1] if keep_eos else row[:cut])
+    return out
+
+
 @torch.no_grad()
 def greedy(core: Any, adapter: Any, prompts: AudioPrompt | list[AudioPrompt], audio_states: list[Tensor],
            max_new_tokens: int) -> list[str]:
@@ -338,8 +363,7 @@ def own_responses(core: Any, adapter: Any, asks: list[tuple[str, str]], max_new_
 
     rows = []
     for text, instruction in asks:
-        typed = f"{text}\n{instruction}" if instruction else text
-        msgs = prompting.messages_for(typed, modality=prompting.TEXT)
+        msgs = prompting.messages_for(typed(text, instruction), modality=prompting.TEXT)
         rows.append(prompting.render(adapter.tokenizer, msgs, processor=adapter.processor,
                                      placeholder=adapter.family.audio_placeholder).ids)
     # an <|AUDIO|> id in a target would take a frame's place in the training row
@@ -366,21 +390,13 @@ class TextResponder:
     def __call__(self, asks: list[tuple[str, str]], max_new_tokens: int) -> list[list[int]]:
         from xopd import prompting
 
-        rows = [prompting.render(self.tokenizer, prompting.messages_for(
-            f"{text}\n{instruction}" if instruction else text, modality=prompting.TEXT)).ids
-            for text, instruction in asks]
-        width = max(len(r) for r in rows)
-        ids = torch.full((len(rows), width), self.pad, dtype=torch.long)
-        mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for i, r in enumerate(rows):
-            ids[i, width - len(r) :], mask[i, width - len(r) :] = torch.tensor(r), 1
+        rows = [prompting.render(self.tokenizer, prompting.messages_for(typed(text, instruction),
+                                                                        modality=prompting.TEXT)).ids
+                for text, instruction in asks]
+        ids, mask = left_pad(rows, self.pad)
         out = self.model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens,
-                                  do_sample=False, eos_token_id=self.eos, pad_token_id=self.pad)[:, width:]
-        result = []
-        for row in out.tolist():
-            cut = next((i for i, t in enumerate(row) if t in self.eos), None)
-            result.append(row if cut is None else row[: cut + 1])
-        return result
+                                  do_sample=False, eos_token_id=self.eos, pad_token_id=self.pad)
+        return until_eos(out[:, ids.shape[1] :].tolist(), self.eos, keep_eos=True)
 
 
 @torch.no_grad()
@@ -388,20 +404,11 @@ def greedy_ids(core: Any, adapter: Any, rows: list[list[int]], audio_states: lis
                keep_eos: bool = False, **generate: Any) -> list[list[int]]:
     """Greedy continuations of prompt id rows (left-padded batch, generate on inputs_embeds): the new ids up to
     the first end-of-turn (included when ``keep_eos``)."""
-    width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), adapter.pad_id, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, r in enumerate(rows):
-        ids[i, width - len(r) :] = torch.tensor(r)
-        mask[i, width - len(r) :] = 1
+    ids, mask = left_pad(rows, adapter.pad_id)
     embeds = embed_with_audio(core, ids, audio_states)
     out = core.generate(inputs_embeds=embeds, attention_mask=mask, max_new_tokens=max_new_tokens,
                         do_sample=False, eos_token_id=adapter.eos_ids, pad_token_id=adapter.pad_id, **generate)
-    result = []
-    for row in out.tolist():
-        cut = next((i for i, t in enumerate(row) if t in adapter.eos_ids), None)
-        result.append(row if cut is None else row[: cut + 1] if keep_eos else row[:cut])
-    return result
+    return until_eos(out.tolist(), adapter.eos_ids, keep_eos)
 
 
 # --------------------------------------------------------------------------------------------- data
@@ -437,11 +444,6 @@ def eval_items(tasks: list[str], limit: int, seed: int) -> list[tuple[Any, Any]]
         task = load_task(name, split="validation", limit=limit, seed=seed)
         out += [(task, it) for it in task.items]
     return out
-
-
-def eval_texts(tasks: list[str], limit: int, seed: int) -> list[tuple[str, str]]:
-    """(task, spoken text) of the validation items used for repeat-WER."""
-    return [(task.name, task.render_spoken(it)) for task, it in eval_items(tasks, limit, seed)]
 
 
 class Clips:
