@@ -376,6 +376,30 @@ def test_respond_targets_are_the_llms_own_text_mode_response_as_generated(studen
         assert ids == (alone if cut is None else alone[: cut + 1])
 
 
+def test_request_targets_are_generated_once_and_kept_for_the_run(tmp_path, student):
+    """The responding LLM is frozen: each request's target is generated once, in a fixed batching, and a resumed
+    run reads the kept ids instead of loading the LLM again; other requests or another LLM are refused."""
+    requests = {"respond/a": [("What is five plus six?", "Write a short title for what you heard."),
+                              ("Is two thousand thirty a leap year?", "")],
+                "respond/b": [("I have three harps. How many instruments do I have?", "")]}
+    loads = []
+
+    def responder():
+        loads.append(1)
+        return lambda asks, n: align.own_responses(student.core, student, asks, n)
+
+    path = tmp_path / "request_targets.json"
+    got = align.request_targets(responder, requests, 5, path, "student", batch_size=2)
+    for name, reqs in requests.items():
+        for req, ids in zip(reqs, got[name]):
+            assert ids == align.own_responses(student.core, student, [req], 5)[0]
+    assert align.request_targets(responder, requests, 5, path, "student") == got and loads == [1]
+    with pytest.raises(SystemExit, match="request_targets.json"):
+        align.request_targets(responder, requests, 5, path, "smollm2-135m-instruct")
+    with pytest.raises(SystemExit, match="request_targets.json"):
+        align.request_targets(responder, {"respond/a": requests["respond/a"]}, 5, path, "student")
+
+
 def test_behaviour_requests_train_on_the_llms_own_responses_and_resume_exactly(tmp_path, offline_data):
     pool = ("--respond-from", "letter_counting,coin_flip", "--respond-per-dataset", "3", "--respond-weight", "2",
             "--objectives", "transcribe")
