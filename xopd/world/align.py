@@ -581,43 +581,37 @@ def validate(core: Any, adapter: Any, prompts: Prompts, clips: Clips, val: list[
 
     result: dict[str, Any] = {"wer": {}, "wer_by_task": {}, "loss": {}, "examples": {}, "task_acc": {},
                               "restates": {}, "task_acc_by_task": {}, "task_examples": {}}
+    prompt = prompts[REPEAT_PROMPT]
+    texts = [task.render_spoken(it) for task, it in val]
     for voice in voices:
+        voice_states = clips.states([(text, voice) for text in texts])  # read once for both checks
         rows: list[tuple[str, bool, bool, str]] = []  # task, correct, restates, response
+        refs, hyps, nll, ntok = [], [], 0.0, 0
         for start in range(0, len(val), batch_size):
-            chunk = val[start : start + batch_size]
-            states = clips.states([(task.render_spoken(it), voice) for task, it in chunk])
+            chunk, states = val[start : start + batch_size], voice_states[start : start + batch_size]
             responses = greedy(core, adapter, [prompts[task.instruction or ""] for task, _ in chunk], states,
                                min(max_new_tokens, TASK_CHECK_TOKENS))
             for (task, it), resp in zip(chunk, responses):
                 ext, ok = judge(task, it, resp)
                 rows.append((task.name, ok, ext.method == "restates-question", resp))
+            spoken = texts[start : start + batch_size]
+            targets = [target_ids(adapter, text) for text in spoken]
+            with torch.no_grad():
+                ids, mask, labels = collate([(prompt.ids(int(s.shape[0])), t) for s, t in zip(states, targets)],
+                                            adapter.pad_id)
+                nll += float(repeat_loss(core, ids, mask, labels, states, reduction="sum"))
+                ntok += int((labels != -100).sum())
+            hyps += greedy(core, adapter, prompt, states, min(max_new_tokens, max(len(t) for t in targets) + 16))
+            refs += spoken
+        tasks = [task.name for task, _ in val]
         result["task_acc"][voice.name] = sum(r[1] for r in rows) / max(1, len(rows))
         result["restates"][voice.name] = sum(r[2] for r in rows) / max(1, len(rows))
         result["task_acc_by_task"][voice.name] = {
-            t: sum(r[1] for r in rows if r[0] == t) / sum(r[0] == t for r in rows) for t in dict.fromkeys(
-                r[0] for r in rows)}
+            t: sum(r[1] for r in rows if r[0] == t) / sum(r[0] == t for r in rows) for t in dict.fromkeys(tasks)}
         result["task_examples"][voice.name] = [r[3] for r in rows[:: max(1, len(rows) // 4)]][:4]
-    prompt = prompts[REPEAT_PROMPT]
-    texts = [(task.name, task.render_spoken(it)) for task, it in val]
-    for voice in voices:
-        refs, hyps, tasks, nll, ntok = [], [], [], 0.0, 0
-        for start in range(0, len(texts), batch_size):
-            chunk = texts[start : start + batch_size]
-            states = clips.states([(text, voice) for _, text in chunk])
-            targets = [target_ids(adapter, text) for _, text in chunk]
-            rows = [(prompt.ids(int(s.shape[0])), t) for s, t in zip(states, targets)]
-            with torch.no_grad():
-                ids, mask, labels = collate(rows, adapter.pad_id)
-                nll += float(repeat_loss(core, ids, mask, labels, states, reduction="sum"))
-                ntok += int((labels != -100).sum())
-            budget = min(max_new_tokens, max(len(t) for t in targets) + 16)
-            hyps += greedy(core, adapter, prompt, states, budget)
-            refs += [text for _, text in chunk]
-            tasks += [name for name, _ in chunk]
         result["wer"][voice.name] = corpus_wer(refs, hyps)
         result["wer_by_task"][voice.name] = {
-            t: corpus_wer([r for r, n in zip(refs, tasks) if n == t],
-                          [h for h, n in zip(hyps, tasks) if n == t])
+            t: corpus_wer([r for r, n in zip(refs, tasks) if n == t], [h for h, n in zip(hyps, tasks) if n == t])
             for t in dict.fromkeys(tasks)
         }
         result["loss"][voice.name] = nll / max(1, ntok)
