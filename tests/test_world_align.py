@@ -427,6 +427,30 @@ def test_requests_are_speakable_outside_the_mix_and_some_carry_a_text_instructio
         'How many times does the letter "h" appear?', "")
 
 
+def test_requests_can_be_asked_in_the_mixs_own_answer_formats():
+    """--respond-formats mix: a request whose answer is a number, yes/no or a word is asked as evaluation asks the
+    mix (the format text beside the clip, or spoken inside it as family does); others keep their own wording."""
+    from evalsuite.tasks import load_task
+    from xopd.world.respond_pool import FORMATS, answer_format, respond_requests
+
+    assert FORMATS["number"] == load_task("sums", split="test").instruction == load_task("counting", split="test").instruction
+    assert FORMATS["yes-no"] == load_task("syllogism", split="test").instruction
+    family = load_task("family", split="test")
+    assert not family.instruction and FORMATS["word"] in family.render_spoken(family.items[0])
+    assert [answer_format(a) for a in ("4", "-1", "Yes", "Tuesday", "0.9453125", "You are over-worked.")] == [
+        "number", "number", "yes-no", "word", None, None]
+    mix = respond_requests(["letter_counting", "calendar_arithmetic", "coin_flip"], 40, seed=0, formats="mix")
+    plain = respond_requests(["letter_counting", "calendar_arithmetic", "coin_flip"], 40, seed=0)
+    assert {i for _, i in mix["respond/letter_counting"]} == {FORMATS["number"]}
+    cal = mix["respond/calendar_arithmetic"]
+    assert any(i == FORMATS["yes-no"] for _, i in cal)
+    assert any(not i and s.endswith(FORMATS["word"]) for s, i in cal)
+    assert all(not s.endswith("Answer with Yes or No.") for s, _ in cal)  # its own format gave way
+    assert mix["respond/coin_flip"][0] == plain["respond/coin_flip"][0]  # a probability: no mix format
+    with pytest.raises(SystemExit, match="--respond-formats"):
+        respond_requests(["coin_flip"], 2, seed=0, formats="all")
+
+
 def test_a_text_llm_can_give_the_requests_targets(tmp_path, offline_data, student):
     """--respond-llm: targets from a text LLM with the student's vocabulary, as its own generate gives them."""
     from xopd import prompting

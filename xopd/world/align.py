@@ -94,11 +94,13 @@ ENCODER_LORA_TARGETS = r"layers\.\d+\.(self_attn\.(q_proj|k_proj|v_proj|out_proj
 # Changing any of these changes the run: a resume with different values is refused.
 RUN_KEYS = ("base", "llm", "llm_adapter", "tasks", "parts", "voices", "items_per_task", "seed", "lr",
             "warmup", "batch_size", "weight_decay", "grad_clip", "encoder_lora", "cache_dtype", "init_trainable",
-            "objectives", "respond_from", "respond_per_dataset", "respond_voices", "respond_weight", "respond_llm")
+            "objectives", "respond_from", "respond_per_dataset", "respond_voices", "respond_weight", "respond_llm",
+            "respond_formats")
 DEFAULT_RESPOND_VOICES = "flite-slt,flite-rms,flite-awb,clean"  # fast to render: the requests are new clips
 # what a run saved before a key existed trained on
 LEGACY_RUN_KEYS = {"objectives": "transcribe", "respond_from": "none", "respond_per_dataset": 150,
-                   "respond_voices": DEFAULT_RESPOND_VOICES, "respond_weight": 1.0, "respond_llm": "student"}
+                   "respond_voices": DEFAULT_RESPOND_VOICES, "respond_weight": 1.0, "respond_llm": "student",
+                   "respond_formats": "none"}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -126,6 +128,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--respond-llm", default="student",
                    help="whose typed response is a request's target: 'student' (its own LLM) or a text LLM sharing "
                         "its vocabulary (zoo name or path), for a student LLM that no longer responds but answers")
+    p.add_argument("--respond-formats", default="none", choices=("none", "mix"),
+                   help="'mix': requests whose answer is a number, yes/no or one word are asked in the mix's own "
+                        "answer format (xopd/world/respond_pool.py FORMATS), as evaluation asks")
     p.add_argument("--eval-voices", default="hibari,flite-kal", help="validation voices (seen, held out)")
     p.add_argument("--items-per-task", type=int, default=0, help="use only this many items per task (0: all)")
     p.add_argument("--seed", type=int, default=0)
@@ -711,7 +716,8 @@ def train(args: argparse.Namespace, argv: list[str] | None = None) -> dict[str, 
     clips = Clips(cache)
     prompts = Prompts(adapter)
     texts = train_texts(tasks, parts, args.items_per_task, args.seed)
-    requests = respond_requests(respond_from, args.respond_per_dataset, args.seed) if respond_from else {}
+    requests = (respond_requests(respond_from, args.respond_per_dataset, args.seed, args.respond_formats)
+                if respond_from else {})
     texts.update({name: [spoken for spoken, _ in reqs] for name, reqs in requests.items()})
     val = eval_items(tasks, args.eval_limit, args.seed)
     sizes = ", ".join(f"{n}={len(v)}" for n, v in texts.items())

@@ -13,6 +13,11 @@ dates, coin-flip probabilities, word reordering.
 Each request is said aloud (numbers as words, ``evalsuite.spoken_form.say``) and sent either whole, with no
 text beside the clip (as the family task is asked), or with its last sentence sent as the text instruction
 beside the clip (as the other tasks are asked) where it has one; a hash of the text picks which.
+
+With ``formats="mix"`` a request whose reference answer is a number, yes/no or one word is asked in the mix's
+own answer format instead (:data:`FORMATS`), as evaluation asks the mix's questions: alignment on other
+instructions leaves the student saying the question back under these (align v3). The reference answer is read
+for its type only; the target stays the responding LLM's own reply.
 """
 
 from __future__ import annotations
@@ -29,6 +34,22 @@ _SPEAKABLE = re.compile(r"^[A-Za-z0-9 ,.?'!:;\-\n\"]+$")  # no layout or symbols
 _LAST_SENTENCE = re.compile(r"^(.+[.?!])\s+([A-Z][^.?!]*[.?!])$", re.DOTALL)
 
 
+# the default mix's answer formats: sums and counting, syllogism (text beside the clip); family says its own
+# inside the spoken question, so the word format is spoken, not sent as text
+FORMATS = {"number": "Answer with the number only.", "yes-no": "Answer yes or no.", "word": "Answer with a single word."}
+SPOKEN_FORMATS = ("word",)
+
+
+def answer_format(answer: str) -> str | None:
+    """The :data:`FORMATS` kind a reference answer fits, or None (a sentence, a fraction, ...)."""
+    a = answer.strip()
+    if re.fullmatch(r"-?\d+", a):
+        return "number"
+    if a.lower() in ("yes", "no"):
+        return "yes-no"
+    return "word" if re.fullmatch(r"[A-Za-z]+", a) else None
+
+
 def _unit(key: str) -> float:
     return int(hashlib.sha256(key.encode("utf-8")).hexdigest()[:15], 16) / 16**15
 
@@ -43,8 +64,23 @@ def split_request(question: str) -> tuple[str, str]:
     return spoken, ""
 
 
-def respond_requests(datasets: list[str], per_dataset: int, seed: int) -> dict[str, list[tuple[str, str]]]:
-    """``respond/<dataset>`` -> [(spoken words, instruction)], ``per_dataset`` speakable requests of each."""
+def in_mix_format(question: str, kind: str) -> tuple[str, str]:
+    """(spoken words, text instruction) of a request asked in the mix's format ``kind``: its own closing format
+    sentence, if it has one, gives way to the mix's."""
+    spoken = speakable(say(question))
+    m = _LAST_SENTENCE.match(spoken)
+    body = m.group(1) if m else spoken
+    if kind in SPOKEN_FORMATS:
+        return f"{body} {FORMATS[kind]}", ""
+    return body, FORMATS[kind]
+
+
+def respond_requests(datasets: list[str], per_dataset: int, seed: int,
+                     formats: str = "none") -> dict[str, list[tuple[str, str]]]:
+    """``respond/<dataset>`` -> [(spoken words, instruction)], ``per_dataset`` speakable requests of each;
+    ``formats="mix"``: those whose answer fits one of the mix's formats are asked in it."""
+    if formats not in ("none", "mix"):
+        raise SystemExit(f"--respond-formats {formats}: one of none, mix")
     import reasoning_gym  # late: slow to import
 
     out = {}
@@ -55,7 +91,8 @@ def respond_requests(datasets: list[str], per_dataset: int, seed: int) -> dict[s
         for entry in rows:
             q = entry["question"]
             if len(q) <= MAX_CHARS and _SPEAKABLE.match(q):
-                found.append(split_request(q))
+                kind = answer_format(str(entry["answer"])) if formats == "mix" else None
+                found.append(in_mix_format(q, kind) if kind else split_request(q))
             if len(found) == per_dataset:
                 break
         if not found:
