@@ -447,6 +447,12 @@ def test_requests_can_be_asked_in_the_mixs_own_answer_formats():
     assert any(not i and s.endswith(FORMATS["word"]) for s, i in cal)
     assert all(not s.endswith("Answer with Yes or No.") for s, _ in cal)  # its own format gave way
     assert mix["respond/coin_flip"][0] == plain["respond/coin_flip"][0]  # a probability: no mix format
+    from xopd.world.respond_pool import in_mix_format
+
+    assert in_mix_format("Is 2020 a leap year? Answer with Yes or No.", "yes-no") == (
+        "Is two thousand twenty a leap year?", FORMATS["yes-no"])
+    assert in_mix_format("It is a fine day. Is 2020 a leap year?", "yes-no") == (  # a question is no format line
+        "It is a fine day. Is two thousand twenty a leap year?", FORMATS["yes-no"])
     with pytest.raises(SystemExit, match="--respond-formats"):
         respond_requests(["coin_flip"], 2, seed=0, formats="all")
 

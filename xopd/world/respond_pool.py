@@ -38,6 +38,8 @@ _LAST_SENTENCE = re.compile(r"^(.+[.?!])\s+([A-Z][^.?!]*[.?!])$", re.DOTALL)
 # inside the spoken question, so the word format is spoken, not sent as text
 FORMATS = {"number": "Answer with the number only.", "yes-no": "Answer yes or no.", "word": "Answer with a single word."}
 SPOKEN_FORMATS = ("word",)
+# a request's own answer-format line ("Answer with Yes or No.", "Respond with just the number.")
+_FORMAT_LINE = re.compile(r"^(Answer|Respond|Reply|Express|Give|Write|Name|State|Provide|Enter|Use)\b")
 
 
 def answer_format(answer: str) -> str | None:
@@ -66,10 +68,10 @@ def split_request(question: str) -> tuple[str, str]:
 
 def in_mix_format(question: str, kind: str) -> tuple[str, str]:
     """(spoken words, text instruction) of a request asked in the mix's format ``kind``: its own closing format
-    sentence, if it has one, gives way to the mix's."""
+    sentence, if it has one, gives way to the mix's (a closing sentence that is not a format line stays)."""
     spoken = speakable(say(question))
     m = _LAST_SENTENCE.match(spoken)
-    body = m.group(1) if m else spoken
+    body = m.group(1) if m and _FORMAT_LINE.match(m.group(2)) else spoken
     if kind in SPOKEN_FORMATS:
         return f"{body} {FORMATS[kind]}", ""
     return body, FORMATS[kind]
