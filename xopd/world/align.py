@@ -24,7 +24,9 @@ in ``--voices``) and, with ``hibari``, is what validation listens to.
 
 What trains: the projector only (``multi_modal_projector.*``), or with ``--encoder-lora R`` also a rank-R LoRA
 on the encoder's attention and MLP projections (``--init-trainable`` seeds it with a projector-only run's
-projector). The LLM (embeddings, layers, lm_head) never gets a gradient.
+projector). The LLM (embeddings, layers, lm_head) never gets a gradient. ``--audio-norm R`` holds the
+projected frames' mean norm at R times the text embeddings' (:func:`hold_audio_norm`): a free projector's
+frames grow far above the text's scale and the frozen LLM then reads the audio and not the instruction.
 
 How a step runs: the encoder is frozen, so each clip's encoder states (real frames only) are computed once
 and kept on disk by :class:`xopd.world.encoder_cache.EncoderCache`; a step reads them, applies the projector,
@@ -95,12 +97,12 @@ ENCODER_LORA_TARGETS = r"layers\.\d+\.(self_attn\.(q_proj|k_proj|v_proj|out_proj
 RUN_KEYS = ("base", "llm", "llm_adapter", "tasks", "parts", "voices", "items_per_task", "seed", "lr",
             "warmup", "batch_size", "weight_decay", "grad_clip", "encoder_lora", "cache_dtype", "init_trainable",
             "objectives", "respond_from", "respond_per_dataset", "respond_voices", "respond_weight", "respond_llm",
-            "respond_formats")
+            "respond_formats", "audio_norm", "respond_content")
 DEFAULT_RESPOND_VOICES = "flite-slt,flite-rms,flite-awb,clean"  # fast to render: the requests are new clips
 # what a run saved before a key existed trained on
 LEGACY_RUN_KEYS = {"objectives": "transcribe", "respond_from": "none", "respond_per_dataset": 150,
                    "respond_voices": DEFAULT_RESPOND_VOICES, "respond_weight": 1.0, "respond_llm": "student",
-                   "respond_formats": "none"}
+                   "respond_formats": "none", "audio_norm": 0.0, "respond_content": 0.0}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -131,6 +133,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--respond-formats", default="none", choices=("none", "mix"),
                    help="'mix': requests whose answer is a number, yes/no or one word are asked in the mix's own "
                         "answer format (xopd/world/respond_pool.py FORMATS), as evaluation asks")
+    p.add_argument("--audio-norm", type=float, default=0.0,
+                   help="hold the projected frames' mean L2 norm at this multiple of the LLM's mean input-embedding "
+                        "norm (the projector is rescaled at the start and after every step); 0: free. Free, the "
+                        "v2 projector's frames grew to 17x the text's and drowned the instruction (align.md)")
+    p.add_argument("--respond-content", type=float, default=0.0,
+                   help="share of request slots that take a content objective on the request's own words instead "
+                        "of its response: the same audio is then sometimes said back, sometimes answered, so the "
+                        "instruction, not the kind of audio, decides (without it, mix audio is only ever said back)")
     p.add_argument("--eval-voices", default="hibari,flite-kal", help="validation voices (seen, held out)")
     p.add_argument("--items-per-task", type=int, default=0, help="use only this many items per task (0: all)")
     p.add_argument("--seed", type=int, default=0)
@@ -238,6 +248,24 @@ def setup_trainable(core: Any, encoder_lora: int = 0, alpha: int | None = None, 
         if trainable:
             names.append(name)
     return names
+
+
+@torch.no_grad()
+def hold_audio_norm(core: Any, audio_states: list[Tensor], ratio: float) -> float:
+    """Scale the projector's weight and bias so that its frames' mean L2 norm on ``audio_states`` is ``ratio``
+    times the mean norm of the LLM's input-embedding rows; returns the ratio it had before.
+
+    Why: with the LLM frozen, a free projector grows its frames far above the text's scale (the v2 student's:
+    55 against 3.2); the residual stream is then the audio, and the instruction beside it is not read
+    (reports/demo/align.md). A linear map scaled by c scales every frame by c, so this is exact."""
+    linear = core.model.multi_modal_projector.linear
+    text = core.get_input_embeddings().weight.float().norm(dim=-1).mean()
+    frames = torch.cat([s.detach() for s in audio_states]).to(linear.weight.device, linear.weight.dtype)
+    now = core.model.multi_modal_projector(frames).float().norm(dim=-1).mean()
+    c = ratio * text / now
+    linear.weight.mul_(c.to(linear.weight.dtype))
+    linear.bias.mul_(c.to(linear.bias.dtype))
+    return float(now / text)
 
 
 def trainable_state(core: Any) -> dict[str, Tensor]:
@@ -635,6 +663,26 @@ def log_eval(out: Path, step: int, result: dict[str, Any], elapsed: float) -> No
 # --------------------------------------------------------------------------------------------- main
 
 
+class SlotTargets:
+    """A batch slot's (instruction, target ids): a request's kept reply (``own``), except for the
+    ``respond_content`` share of request slots, which take a content objective on the request's own words like
+    every mix slot does. Drawn by a hash of (seed, step, slot), as the voice and the objective are."""
+
+    def __init__(self, adapter: Any, objectives: list[Any], requests: dict[str, list[tuple[str, str]]],
+                 own: dict[str, list[list[int]]], respond_content: float = 0.0, seed: int = 0) -> None:
+        self.adapter, self.objectives, self.requests, self.own = adapter, objectives, requests, own
+        self.respond_content, self.seed = respond_content, seed
+
+    def __call__(self, name: str, i: int, text: str, other: str, step: int,
+                 slot: int) -> tuple[str, list[int]]:
+        key = f"{self.seed}:{step}:{slot}"
+        if name in self.requests and _unit(f"respond-content:{key}") >= self.respond_content:
+            return self.requests[name][i][1], self.own[name][i]
+        objective = objective_for(self.objectives, self.seed, step, slot)
+        instruction, words = objective.make(text, other, key)
+        return instruction, target_ids(self.adapter, words)
+
+
 def _plan(sampler: Any, step: int, batch_size: int, voices: list[Any], seed: int,
           respond_voices: list[Any] | None = None) -> list[tuple[str, int, Any]]:
     """(task, item, voice) per batch slot; a behaviour request is said by one of ``respond_voices``."""
@@ -752,6 +800,11 @@ def train(args: argparse.Namespace, argv: list[str] | None = None) -> dict[str, 
                           args.eval_max_new_tokens)
         log_eval(out, at, result, time.time() - t_start)
 
+    if not step and args.audio_norm:  # start at the held scale (an --init-trainable's direction kept)
+        was = hold_audio_norm(core, clips.states([(t.render_spoken(it), eval_voices[0]) for t, it in val]),
+                              args.audio_norm)
+        print(f"--audio-norm {args.audio_norm}: the projector's frames were {was:.2f}x the text embeddings' "
+              "norm; rescaled", flush=True)
     if not step and args.eval_every > 0:
         run_eval(0)
 
@@ -760,6 +813,8 @@ def train(args: argparse.Namespace, argv: list[str] | None = None) -> dict[str, 
             return clips.states(pairs)
         feats, mask = audio_features(adapter.feature_extractor, [clips.audio(t, v) for t, v in pairs])
         return encode_features(core.model.audio_tower, feats, mask)
+
+    slot_target = SlotTargets(adapter, objectives, requests, own, args.respond_content, args.seed)
 
     # a speed knob, not a run setting: a run may switch it between resumes
     autocast = (torch.autocast(device_type="cpu", dtype=torch.bfloat16) if args.autocast == "bf16"
@@ -775,13 +830,8 @@ def train(args: argparse.Namespace, argv: list[str] | None = None) -> dict[str, 
         states = encoder_states(pairs)
         rows = []
         for slot, ((name, i, _), (text, _), s) in enumerate(zip(plan, pairs, states)):
-            if name in requests:  # behaviour: the request's instruction, the responding LLM's own reply
-                instruction, target = requests[name][i][1], own[name][i]
-            else:
-                other = pairs[(slot + 1) % len(pairs)][0]  # a distractor: the next clip's words
-                objective = objective_for(objectives, args.seed, step, slot)
-                instruction, words = objective.make(text, other, f"{args.seed}:{step}:{slot}")
-                target = target_ids(adapter, words)
+            other = pairs[(slot + 1) % len(pairs)][0]  # a distractor: the next clip's words
+            instruction, target = slot_target(name, i, text, other, step, slot)
             rows.append((prompts[instruction].ids(int(s.shape[0])), target))
         ids, mask, labels = collate(rows, adapter.pad_id)
         t_b = time.time()
@@ -794,6 +844,8 @@ def train(args: argparse.Namespace, argv: list[str] | None = None) -> dict[str, 
             torch.nn.utils.clip_grad_norm_(params, args.grad_clip)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
+        if args.audio_norm:
+            norm_was = hold_audio_norm(core, states, args.audio_norm)
         t_data, t_train = t_data + (t_b - t_a), t_train + (time.time() - t_b)
         steps_here += 1
         losses[step] = loss.item()
@@ -803,7 +855,8 @@ def train(args: argparse.Namespace, argv: list[str] | None = None) -> dict[str, 
             print(f"step {step:5d} | loss {window_loss / window_n:.4f} | lr {lr_at(step, args):.2e} | "
                   f"{per_step:.2f} s/step (train {t_train / steps_here:.2f}, data {t_data / steps_here:.2f})"
                   f" | cache {cache.hits} hit {cache.misses} miss"
-                  f" | eta {(args.max_steps - step) * per_step / 60:.1f} min",
+                  + (f" | audio norm {norm_was:.2f}x" if args.audio_norm else "")
+                  + f" | eta {(args.max_steps - step) * per_step / 60:.1f} min",
                   flush=True)
             window_loss, window_n = 0.0, 0
         if args.eval_every > 0 and (step % args.eval_every == 0 or step == args.max_steps):

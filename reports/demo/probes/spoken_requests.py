@@ -1,6 +1,6 @@
 """Speech vs typed responses of the student to held-out out-of-mix requests (flite-slt): the v4 probe.
 
-    XOPD_HOME=$PWD/.xopd-home .venv/bin/python reports/demo/probes/requests.py artifacts/world/align4/step-000200/trainable.safetensors
+    XOPD_HOME=$PWD/.xopd-home .venv/bin/python reports/demo/probes/spoken_requests.py artifacts/world/align4/step-000200/trainable.safetensors
 """
 import sys, torch
 from pathlib import Path
