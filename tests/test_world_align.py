@@ -545,3 +545,29 @@ def test_a_share_of_request_slots_takes_content_objectives_on_the_requests_own_w
     # a mix task's slot is always a content objective, whatever the share
     mix = align.SlotTargets(student, objectives, requests, own, 0.0)("sums", 0, "What is two plus two?", "", 1, 0)
     assert mix[0] in content
+
+
+def test_ctc_loss_of_a_batch_equals_the_mean_of_each_clips_own(student):
+    core = student.core
+    d = core.config.audio_config.d_model
+    gen = torch.Generator().manual_seed(0)
+    states = [torch.randn(9, d, generator=gen), torch.randn(5, d, generator=gen), torch.randn(12, d, generator=gen)]
+    rows = [[5, 7, 7], [3], [1, 2, 3, 4]]
+    batch = align.ctc_loss(core, states, rows)
+    plain = []
+    with torch.no_grad():
+        for s, r in zip(states, rows):
+            logits = core.lm_head(core.model.multi_modal_projector(s)).float()
+            logp = torch.cat([torch.zeros(len(s), 1), logits], 1).log_softmax(-1)  # blank first, logit 0
+            plain.append(torch.nn.functional.ctc_loss(logp[:, None], torch.tensor(r) + 1, [len(s)], [len(r)],
+                                                      reduction="sum") / len(r))
+    assert batch.item() == pytest.approx(torch.stack(plain).mean().item(), rel=1e-5)
+    batch.backward()  # the gradient reaches the projector (a run trains only it: setup_trainable)
+    assert core.model.multi_modal_projector.linear.weight.grad.abs().sum() > 0
+    core.zero_grad(set_to_none=True)
+
+
+def test_ctc_weight_adds_the_ctc_loss_to_a_step(tmp_path, offline_data):
+    plain = align.train(_args(tmp_path, tmp_path / "plain", "--max-steps", "1"))["losses"]
+    ctc = align.train(_args(tmp_path, tmp_path / "ctc", "--max-steps", "1", "--ctc-weight", "1"))["losses"]
+    assert np.isfinite(ctc[1]) and ctc[1] > plain[1]  # the same batch, plus a CTC term (> 0)

@@ -97,12 +97,12 @@ ENCODER_LORA_TARGETS = r"layers\.\d+\.(self_attn\.(q_proj|k_proj|v_proj|out_proj
 RUN_KEYS = ("base", "llm", "llm_adapter", "tasks", "parts", "voices", "items_per_task", "seed", "lr",
             "warmup", "batch_size", "weight_decay", "grad_clip", "encoder_lora", "cache_dtype", "init_trainable",
             "objectives", "respond_from", "respond_per_dataset", "respond_voices", "respond_weight", "respond_llm",
-            "respond_formats", "audio_norm", "respond_content")
+            "respond_formats", "audio_norm", "respond_content", "ctc_weight")
 DEFAULT_RESPOND_VOICES = "flite-slt,flite-rms,flite-awb,clean"  # fast to render: the requests are new clips
 # what a run saved before a key existed trained on
 LEGACY_RUN_KEYS = {"objectives": "transcribe", "respond_from": "none", "respond_per_dataset": 150,
                    "respond_voices": DEFAULT_RESPOND_VOICES, "respond_weight": 1.0, "respond_llm": "student",
-                   "respond_formats": "none", "audio_norm": 0.0, "respond_content": 0.0}
+                   "respond_formats": "none", "audio_norm": 0.0, "respond_content": 0.0, "ctc_weight": 0.0}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -141,6 +141,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="share of request slots that take a content objective on the request's own words instead "
                         "of its response: the same audio is then sometimes said back, sometimes answered, so the "
                         "instruction, not the kind of audio, decides (without it, mix audio is only ever said back)")
+    p.add_argument("--ctc-weight", type=float, default=0.0,
+                   help="weight of a CTC loss that reads each projected frame through the LLM's own (tied) "
+                        "output embeddings as a token, blank logit 0, against the clip's spoken tokens: it asks "
+                        "every frame to look like the embedding of the token being said (ctc_loss); 0: off")
     p.add_argument("--eval-voices", default="hibari,flite-kal", help="validation voices (seen, held out)")
     p.add_argument("--items-per-task", type=int, default=0, help="use only this many items per task (0: all)")
     p.add_argument("--seed", type=int, default=0)
@@ -348,6 +352,22 @@ def repeat_loss(core: Any, ids: Tensor, mask: Tensor, labels: Tensor, audio_stat
     keep = targets != -100
     logits = core.lm_head(hidden[:, :-1][keep])
     return torch.nn.functional.cross_entropy(logits.float(), targets[keep], reduction=reduction)
+
+
+def ctc_loss(core: Any, audio_states: list[Tensor], token_rows: list[list[int]]) -> Tensor:
+    """CTC of the projected frames against each clip's spoken tokens, mean over clips of the loss per target
+    token. A frame's token logits are its dot products with the LLM's output embeddings (tied to the input
+    ones in SmolLM2, so a frame that scores a token high looks like that token's input row); the blank's logit
+    is 0, so a frame is blank when it looks like no token. Only the projector gets the gradient."""
+    frames = core.model.multi_modal_projector(torch.cat(audio_states).to(core.lm_head.weight.device))
+    logits = core.lm_head(frames).float()
+    logp = torch.cat([torch.zeros_like(logits[:, :1]), logits], dim=1).log_softmax(-1)  # class 0: blank
+    lengths = [int(s.shape[0]) for s in audio_states]
+    padded = torch.nn.utils.rnn.pad_sequence(list(logp.split(lengths)))  # [T, B, V + 1]
+    targets = torch.tensor([t + 1 for row in token_rows for t in row], dtype=torch.long)
+    return torch.nn.functional.ctc_loss(padded, targets, torch.tensor(lengths),
+                                        torch.tensor([len(r) for r in token_rows]), blank=0,
+                                        reduction="mean", zero_infinity=True)
 
 
 def typed(text: str, instruction: str) -> str:
@@ -839,6 +859,9 @@ def train(args: argparse.Namespace, argv: list[str] | None = None) -> dict[str, 
             g["lr"] = lr_at(step, args)
         with autocast:
             loss = repeat_loss(core, ids, mask, labels, states)
+            if args.ctc_weight:
+                spoken = [list(adapter.tokenizer(t, add_special_tokens=False)["input_ids"]) for t, _ in pairs]
+                loss = loss + args.ctc_weight * ctc_loss(core, states, spoken)
         loss.backward()
         if args.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(params, args.grad_clip)
