@@ -144,7 +144,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--ctc-weight", type=float, default=0.0,
                    help="weight of a CTC loss that reads each projected frame through the LLM's own (tied) "
                         "output embeddings as a token, blank logit 0, against the clip's spoken tokens: it asks "
-                        "every frame to look like the embedding of the token being said (ctc_loss); 0: off")
+                        "every frame to look like the embedding of the token being said (ctc_loss); 0: off. At a "
+                        "held --audio-norm its blank cannot win (v10 in reports/demo/align.md)")
     p.add_argument("--eval-voices", default="hibari,flite-kal", help="validation voices (seen, held out)")
     p.add_argument("--items-per-task", type=int, default=0, help="use only this many items per task (0: all)")
     p.add_argument("--seed", type=int, default=0)
