@@ -625,13 +625,27 @@ RESPOND_TOKENS = 40  # the respond objective's own-response budget (a cut respon
 TASK_CHECK_TOKENS = 32  # the mix's answers are a word or a number; a restated question shows within 32 tokens
 
 
+def ask_tasks(core: Any, adapter: Any, prompts: Prompts, items: list[tuple[Any, Any]], states: list[Tensor],
+              batch_size: int, max_new_tokens: int) -> list[tuple[str, bool, bool, str]]:
+    """The task check: each question's clip (``states``, in order) asked as ``xopd-eval gap`` asks it, the
+    task's instruction beside it, greedy, scored by :func:`evalsuite.run.judge`; per item (task, correct,
+    restates the question, response)."""
+    rows = []
+    for start in range(0, len(items), batch_size):
+        chunk = items[start : start + batch_size]
+        responses = greedy(core, adapter, [prompts[task.instruction or ""] for task, _ in chunk],
+                           states[start : start + batch_size], max_new_tokens)
+        for (task, it), resp in zip(chunk, responses, strict=True):
+            ext, ok = judge(task, it, resp)
+            rows.append((task.name, ok, ext.method == "restates-question", resp))
+    return rows
+
+
 def validate(core: Any, adapter: Any, prompts: Prompts, clips: Clips, val: list[tuple[Any, Any]],
              voices: list[Any], batch_size: int, max_new_tokens: int) -> dict[str, Any]:
     """Per voice: repeat-WER of greedy decodes under the transcription instruction against the spoken text
     (``evalsuite.textnorm.corpus_wer``, overall and per task) and the teacher-forced loss on the target
-    tokens; then the task check: each question asked as ``xopd-eval gap`` asks it (the task's instruction
-    beside the clip), scored by :func:`evalsuite.run.judge`: accuracy, and the share that restates the
-    question."""
+    tokens; and the task check (:func:`ask_tasks`): accuracy, and the share that restates the question."""
 
     result: dict[str, Any] = {"wer": {}, "wer_by_task": {}, "loss": {}, "examples": {}, "task_acc": {},
                               "restates": {}, "task_acc_by_task": {}, "task_examples": {}}
@@ -639,15 +653,11 @@ def validate(core: Any, adapter: Any, prompts: Prompts, clips: Clips, val: list[
     texts = [task.render_spoken(it) for task, it in val]
     for voice in voices:
         voice_states = clips.states([(text, voice) for text in texts])  # read once for both checks
-        rows: list[tuple[str, bool, bool, str]] = []  # task, correct, restates, response
+        rows = ask_tasks(core, adapter, prompts, val, voice_states, batch_size,
+                         min(max_new_tokens, TASK_CHECK_TOKENS))
         refs, hyps, nll, ntok = [], [], 0.0, 0
         for start in range(0, len(val), batch_size):
-            chunk, states = val[start : start + batch_size], voice_states[start : start + batch_size]
-            responses = greedy(core, adapter, [prompts[task.instruction or ""] for task, _ in chunk], states,
-                               min(max_new_tokens, TASK_CHECK_TOKENS))
-            for (task, it), resp in zip(chunk, responses):
-                ext, ok = judge(task, it, resp)
-                rows.append((task.name, ok, ext.method == "restates-question", resp))
+            states = voice_states[start : start + batch_size]
             spoken = texts[start : start + batch_size]
             targets = [target_ids(adapter, text) for text in spoken]
             with torch.no_grad():

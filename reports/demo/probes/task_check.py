@@ -7,7 +7,6 @@ from pathlib import Path
 from xopd.world import align
 from xopd.world.encoder_cache import EncoderCache
 from evalsuite.speech import parse_variants
-from evalsuite.run import judge
 torch.set_num_threads(2)
 ad = align.build_student("xopd-speech-smollm2", "smollm2-135m-instruct", "artifacts/world/teacher2/step-000100")
 core = ad.core
@@ -19,10 +18,7 @@ prompts = align.Prompts(ad)
 states = clips.states([(t.render_spoken(it), voice) for t, it in val])
 for ck in sys.argv[1:]:
     align.load_trainable(core, Path(ck))
-    outs = []
-    for k in range(0, len(val), 8):
-        outs += align.greedy(core, ad, [prompts[t.instruction or ""] for t, _ in val[k:k+8]], states[k:k+8], 32)
-    res = [judge(t, it, o) for (t, it), o in zip(val, outs)]
-    rest = sum(e.method == "restates-question" for e, _ in res) / len(res)
-    acc = sum(ok for _, ok in res) / len(res)
+    rows = align.ask_tasks(core, ad, prompts, val, states, 8, 32)  # (task, correct, restates, response)
+    outs = [r[3] for r in rows]
+    acc, rest = sum(r[1] for r in rows) / len(rows), sum(r[2] for r in rows) / len(rows)
     print(ck, f"acc {acc:.3f} restates {rest:.3f}", [o[:40] for o in outs[::8]], flush=True)
